@@ -1,0 +1,3 @@
+from albingress.cli import main
+
+raise SystemExit(main())

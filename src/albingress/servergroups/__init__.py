@@ -1,0 +1,1 @@
+"""Server groups created through the ALB API: the store, the API actions, and health checks."""
