@@ -1,0 +1,394 @@
+"""albingress side by side with nginx and Envoy: one command, everything on loopback.
+
+    uv run python bench/run.py [--quick] [--duration S] [--connections C] [--rounds N]
+                               [--rules N] [--reload] [--markdown]
+
+Starts two nginx backends (127.0.1.1 and 127.0.1.2, one worker each, a short 200 answer), then
+three fronts with the same rule (host demo.domain.ingress.top, prefix /path, 80/20 over the two
+backends, keep-alive upstream pools, one worker each): nginx, Envoy and albingress. Before
+measuring, each front must split about 80/20 over 500 requests (counted by response body) and
+answer 200 to all of them. Then wrk (``-t1 -cC -dS``) drives the fronts in turn, round-robin
+over several rounds; the medians of requests/s, p50 and p99 latency are printed with the ratios
+albingress/nginx and albingress/Envoy. Any wrk error (connect/read/write/timeout, or an HTTP
+status >= 400) fails the run.
+
+``--rules N`` compares albingress with 10 rules against albingress with N rules (throughput
+ratio); ``--reload`` measures how long a manifest write takes to be live (new config version on
+the admin address, then a request that hits the new rule). Until ``albingress serve`` exists,
+albingress is skipped with a message. Every process started is stopped by its PID at the end,
+also on Ctrl-C or an error. Setup: ``bench/setup.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import _fronts as fr
+from _procs import (
+    BenchError,
+    Processes,
+    albingress_serve_available,
+    find_envoy,
+    find_nginx,
+    find_wrk,
+    free_port,
+    free_port_on_all,
+    http_get,
+    require_loopback,
+    wait_tcp,
+    workdir,
+)
+from _wrk import WrkResult, lua_script, run_wrk
+
+SPLIT_REQUESTS = 500
+SPLIT_TOLERANCE_PP = 6.0  # Envoy picks at random: 6 points is > 3 sigma over 500 requests
+
+
+@dataclass(slots=True)
+class Front:
+    name: str
+    port: int
+    results: list[WrkResult] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        values = [r.rps if attr == "rps" else getattr(r, attr) for r in self.results]
+        return statistics.median(values) if values else 0.0
+
+
+# --------------------------------------------------------------------------- starting things
+
+
+def start_backends(procs: Processes, wd: Path, nginx: str) -> fr.Backends:
+    port = free_port_on_all([fr.BACKEND_A, fr.BACKEND_B])
+    for name, addr, body in (
+        ("backend-a", fr.BACKEND_A, fr.BODY_A),
+        ("backend-b", fr.BACKEND_B, fr.BODY_B),
+    ):
+        conf = fr.nginx_backend_conf(wd, name, addr, port, body)
+        proc = procs.start(name, [nginx, "-p", str(wd), "-c", str(conf), "-e", "stderr"])
+        wait_tcp(addr, port, proc=proc)
+    return fr.Backends(port)
+
+
+def start_nginx_front(procs: Processes, wd: Path, nginx: str, backends: fr.Backends) -> Front:
+    port = free_port()
+    conf = fr.nginx_front_conf(wd, port, backends)
+    proc = procs.start("nginx-front", [nginx, "-p", str(wd), "-c", str(conf), "-e", "stderr"])
+    wait_tcp("127.0.0.1", port, proc=proc)
+    return Front("nginx", port)
+
+
+def start_envoy(procs: Processes, wd: Path, envoy: str, backends: fr.Backends) -> Front:
+    port = free_port()
+    conf = fr.envoy_conf(wd, port, backends)
+    argv = [envoy, "-c", str(conf), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"]
+    proc = procs.start("envoy", argv)
+    wait_tcp("127.0.0.1", port, timeout=30, proc=proc)
+    return Front("envoy", port)
+
+
+@dataclass(frozen=True, slots=True)
+class Albingress:
+    front: Front
+    admin_port: int
+    manifests: Path
+
+
+def start_albingress(
+    procs: Processes, wd: Path, backends: fr.Backends, rules: int = 1, name: str = "albingress"
+) -> Albingress:
+    port, admin = free_port(), free_port()
+    manifests = wd / f"{name}-manifests"
+    fr.albingress_manifests(manifests, backends, rules)
+    argv = [
+        sys.executable, "-m", "albingress", "serve",
+        "--manifests", str(manifests),
+        "--listen", f"80=127.0.0.1:{port}",
+        "--admin", f"127.0.0.1:{admin}",
+        "--workers", "1",
+        "--state", str(wd / f"{name}-state.db"),
+    ]  # fmt: skip
+    proc = procs.start(name, argv)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited ({proc.returncode}):\n{procs.log_tail(proc)}")
+        try:
+            status, _ = http_get("127.0.0.1", admin, "/healthz", "127.0.0.1", timeout=1)
+        except OSError:
+            status = 0
+        if status == 200:
+            wait_tcp("127.0.0.1", port, proc=proc)
+            return Albingress(Front(name, port), admin, manifests)
+        time.sleep(0.1)
+    raise BenchError(f"{name} not healthy after 120s:\n{procs.log_tail(proc)}")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_split(front: Front, requests: int = SPLIT_REQUESTS) -> float:
+    """Send ``requests`` over one keep-alive connection; return backend A's share in %."""
+    conn = http.client.HTTPConnection(require_loopback("127.0.0.1"), front.port, timeout=5)
+    counts: Counter[str] = Counter()
+    try:
+        for _ in range(requests):
+            conn.request("GET", fr.PATH, headers={"Host": fr.HOST})
+            resp = conn.getresponse()
+            body = resp.read().decode(errors="replace")
+            if resp.status != 200:
+                raise BenchError(f"{front.name}: status {resp.status} during split check: {body!r}")
+            counts[body] += 1
+    finally:
+        conn.close()
+    unknown = set(counts) - {fr.BODY_A, fr.BODY_B}
+    if unknown:
+        raise BenchError(f"{front.name}: unexpected bodies {unknown}")
+    share_a = 100.0 * counts[fr.BODY_A] / requests
+    expected = 100.0 * fr.WEIGHT_A / (fr.WEIGHT_A + fr.WEIGHT_B)
+    print(
+        f"  {front.name:12} split A/B = {counts[fr.BODY_A]}/{counts[fr.BODY_B]} ({share_a:.1f}% A)"
+    )
+    if abs(share_a - expected) > SPLIT_TOLERANCE_PP:
+        raise BenchError(f"{front.name}: backend A got {share_a:.1f}%, expected {expected:.0f}%")
+    return share_a
+
+
+def check_404(front: Front) -> None:
+    status, _ = http_get("127.0.0.1", front.port, "/elsewhere", fr.HOST)
+    if status != 404:
+        raise BenchError(f"{front.name}: /elsewhere answered {status}, expected 404")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def target(f: Front) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": f.port, "path": fr.PATH, "host_header": fr.HOST}
+
+
+def measure(fronts: list[Front], wrk: str, script: Path, args: argparse.Namespace) -> None:
+    print(f"warm-up: 1 s each, then {args.rounds} rounds of {args.duration} s per front")
+    for f in fronts:
+        run_wrk(wrk, script, **target(f), connections=args.connections, duration=1)
+    for rnd in range(1, args.rounds + 1):
+        for f in fronts:
+            r = run_wrk(
+                wrk, script, **target(f), connections=args.connections, duration=args.duration
+            )
+            if r.failed:
+                raise BenchError(f"{f.name}: wrk saw errors {r.errors} in round {rnd}")
+            f.results.append(r)
+            print(
+                f"  round {rnd} {f.name:12} {r.rps:10.0f} req/s  p50 {r.p50_ms:6.2f} ms"
+                f"  p99 {r.p99_ms:6.2f} ms"
+            )
+
+
+def print_table(fronts: list[Front]) -> None:
+    print()
+    print(f"{'front':14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for f in fronts:
+        rps, p50, p99 = f.median("rps"), f.median("p50_ms"), f.median("p99_ms")
+        print(f"{f.name:14}{rps:10.0f}{p50:9.2f}{p99:9.2f}")
+    by = {f.name: f for f in fronts}
+    alb = by.get("albingress")
+    if alb is None:
+        if "nginx" in by and "envoy" in by:
+            ratio = by["nginx"].median("rps") / by["envoy"].median("rps")
+            print(f"\nnginx/Envoy requests/s: {ratio:.2f}x  (albingress skipped)")
+        return
+    print()
+    for other in ("nginx", "envoy"):
+        if other in by:
+            o = by[other]
+            print(
+                f"albingress/{other:6} req/s {alb.median('rps') / o.median('rps'):5.2f}x"
+                f"   p99 {alb.median('p99_ms') / o.median('p99_ms'):5.2f}x"
+            )
+
+
+def machine() -> str:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {nproc} cores ({model}); "
+        f"{mem_kb / 1024 / 1024:.0f} GiB; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}"
+    )
+
+
+def print_markdown(fronts: list[Front], args: argparse.Namespace) -> None:
+    print("\n| front | req/s | p50 ms | p99 ms |\n|---|---:|---:|---:|")
+    for f in fronts:
+        print(
+            f"| {f.name} | {f.median('rps'):.0f} | {f.median('p50_ms'):.2f}"
+            f" | {f.median('p99_ms'):.2f} |"
+        )
+    print(
+        f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} rounds interleaved,"
+        f" medians. Machine: {machine()}"
+    )
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def config_version(admin_port: int) -> object:
+    status, body = http_get("127.0.0.1", admin_port, "/api/v1/config", "127.0.0.1")
+    if status != 200:
+        raise BenchError(f"/api/v1/config answered {status}")
+    data = json.loads(body)
+    return data.get("version") if isinstance(data, dict) else None
+
+
+def scenario_reload(alb: Albingress, times: int = 5) -> None:
+    """Write a new Ingress file; time until the config version changes and the rule answers."""
+    print(f"\nreload: {times} manifest writes, each adding a host")
+    to_config, to_live = [], []
+    for k in range(times):
+        host = f"reload-{k}.bench.test"
+        before = config_version(alb.admin_port)
+        t0 = time.perf_counter()
+        fr.write_yaml_docs(
+            alb.manifests / f"reload-{k}.yaml", [fr.ingress_doc(f"reload-{k}", [(host, [fr.PATH])])]
+        )
+        t_config = t_live = None
+        deadline = t0 + 10
+        while time.perf_counter() < deadline and (t_config is None or t_live is None):
+            if t_config is None and config_version(alb.admin_port) != before:
+                t_config = time.perf_counter() - t0
+            if t_live is None:
+                try:
+                    status, _ = http_get("127.0.0.1", alb.front.port, fr.PATH, host, timeout=1)
+                except OSError:
+                    status = 0
+                if status == 200:
+                    t_live = time.perf_counter() - t0
+            time.sleep(0.002)
+        if t_config is None or t_live is None:
+            raise BenchError(f"reload {k}: not live after 10 s (config {t_config}, live {t_live})")
+        to_config.append(t_config * 1000)
+        to_live.append(t_live * 1000)
+        print(f"  write {k}: new version {to_config[-1]:6.1f} ms, rule live {to_live[-1]:6.1f} ms")
+        time.sleep(0.3)
+    print(
+        f"reload median: version {statistics.median(to_config):.1f} ms,"
+        f" live {statistics.median(to_live):.1f} ms (max {max(to_live):.1f} ms)"
+    )
+
+
+def scenario_rules(
+    procs: Processes,
+    wd: Path,
+    *,
+    backends: fr.Backends,
+    wrk: str,
+    script: Path,
+    args: argparse.Namespace,
+) -> None:
+    print(f"\nrules: albingress with 10 rules vs {args.rules} rules")
+    small = start_albingress(procs, wd, backends, rules=10, name="alb-10-rules").front
+    big = start_albingress(
+        procs, wd, backends, rules=args.rules, name=f"alb-{args.rules}-rules"
+    ).front
+    for f in (small, big):
+        check_split(f)
+    measure([small, big], wrk, script, args)
+    print_table([small, big])
+    ratio = big.median("rps") / small.median("rps")
+    print(f"\n{args.rules} rules / 10 rules requests/s: {ratio:.3f}x")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--quick", action="store_true", help="short run: 3 s x 2 rounds")
+    p.add_argument("--duration", type=int, default=None, help="seconds per wrk run (10)")
+    p.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (3)")
+    p.add_argument("--rules", type=int, default=0, help="also compare 10 rules vs N rules")
+    p.add_argument("--reload", action="store_true", help="also time a manifest change going live")
+    p.add_argument("--only-scenarios", action="store_true", help="skip the three-front comparison")
+    p.add_argument("--markdown", action="store_true", help="print a table for RESULTS.md")
+    args = p.parse_args(argv)
+    args.duration = args.duration or (3 if args.quick else 10)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nginx, wrk, envoy = find_nginx(), find_wrk(), find_envoy()
+    if not nginx or not wrk:
+        print("nginx and wrk are needed: run bench/setup.sh", file=sys.stderr)
+        return 2
+    serve = albingress_serve_available()
+    if not serve:
+        print("albingress: `albingress serve` is not available yet -- skipping albingress")
+    if not envoy:
+        print("envoy: not found (run bench/setup.sh) -- skipping Envoy")
+    try:
+        with workdir("run") as wd, Processes(wd) as procs:
+            print(f"work directory: {wd}")
+            script = lua_script(wd)
+            backends = start_backends(procs, wd, nginx)
+            fronts: list[Front] = []
+            alb: Albingress | None = None
+            if not args.only_scenarios:
+                fronts.append(start_nginx_front(procs, wd, nginx, backends))
+                if envoy:
+                    fronts.append(start_envoy(procs, wd, envoy, backends))
+            if serve and (not args.only_scenarios or args.reload):
+                alb = start_albingress(procs, wd, backends)
+                if not args.only_scenarios:
+                    fronts.append(alb.front)
+            if fronts:
+                print("checking each front (200s, 80/20 split, 404 elsewhere):")
+                for f in fronts:
+                    check_split(f)
+                    check_404(f)
+                measure(fronts, wrk, script, args)
+                print_table(fronts)
+                if args.markdown:
+                    print_markdown(fronts, args)
+            if serve and args.rules:
+                scenario_rules(procs, wd, backends=backends, wrk=wrk, script=script, args=args)
+            elif args.rules:
+                print("--rules: skipped, `albingress serve` is not available yet")
+            if alb is not None and args.reload:
+                scenario_reload(alb)
+            elif args.reload:
+                print("--reload: skipped, `albingress serve` is not available yet")
+    except BenchError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; processes stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
