@@ -1,20 +1,134 @@
-"""The ``albingress`` command."""
+"""The ``albingress`` command: one sub-command per job.
+
+Exit codes: 0 success, 1 the input has errors (or a runtime failure), 2 a usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from albingress import __version__, ir
+from albingress.compile.compiler import CompileOptions, CompileResult, compile_snapshot
+from albingress.compile.render import render_plan
+from albingress.diagnostics import ConfigError
+from albingress.model.servergroup import NetworkSettings
+from albingress.sources import files
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="albingress")
-    parser.add_argument("--version", action="store_true")
-    args = parser.parse_args(argv)
-    if args.version:
-        from albingress import __version__
+class UsageError(Exception):
+    """The command line is wrong: exit 2."""
 
-        print(__version__)
+
+def _network(args: argparse.Namespace) -> NetworkSettings:
+    try:
+        return NetworkSettings.from_strings(
+            tuple(args.vpc_cidr or ()), tuple(args.remote_cidr or ())
+        )
+    except ValueError as exc:
+        raise UsageError(f"bad CIDR: {exc}") from exc
+
+
+def _add_network_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--vpc-cidr",
+        action="append",
+        metavar="CIDR",
+        help="the load balancer's own network (repeatable; default 127.0.0.0/8)",
+    )
+    p.add_argument(
+        "--remote-cidr",
+        action="append",
+        metavar="CIDR",
+        help="ranges remote (RemoteIpEnabled) servers may be in (repeatable; default: private ranges)",
+    )
+
+
+def compile_paths(paths: Sequence[str], network: NetworkSettings) -> CompileResult:
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"no such file or directory: {', '.join(missing)}")
+    snapshot = files.load(paths)
+    return compile_snapshot(snapshot, CompileOptions(network=network))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    result = compile_paths(args.paths, _network(args))
+    diags = result.diagnostics
+    if args.format == "json":
+        print(json.dumps([d.to_json() for d in diags], indent=2))
+    else:
+        for d in diags:
+            print(d.line())
+        errors = sum(1 for d in diags if d.is_error)
+        warnings = len(diags) - errors
+        ok = len(result.served) - len(result.failed)
+        print(
+            f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}; "
+            f"{ok} of {len(result.served)} Ingresses valid",
+            file=sys.stderr if diags else sys.stdout,
+        )
+    return 1 if result.has_errors else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    result = compile_paths(args.paths, _network(args))
+    if args.format == "json":
+        print(json.dumps(ir.to_json(result.ir), indent=2, sort_keys=True))
+    else:
+        print(render_plan(result.ir), end="")
+        errors = [d for d in result.diagnostics if d.is_error]
+        if errors:
+            print(
+                f"\n{len(errors)} errors: the rules they concern are left out "
+                "(run `albingress validate` for details)",
+                file=sys.stderr,
+            )
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="albingress",
+        description="A self-hosted ALB Ingress: Alibaba Cloud ALB Ingress manifests on your own machines.",
+    )
+    parser.add_argument("--version", action="version", version=f"albingress {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check manifests; one line per problem")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or directories")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    _add_network_flags(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="print the routing table the load balancer would use")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or directories")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    _add_network_flags(p)
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        print(f"albingress {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"albingress {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
 
 
 if __name__ == "__main__":

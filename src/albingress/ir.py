@@ -316,8 +316,7 @@ def from_json(data: dict[str, Any]) -> IR:
                     host=r["host"],
                     path=PathMatch(PathType(path["type"]), path["value"]) if path else None,
                     conditions=tuple(
-                        Condition(c["type"], tuple(c["values"]), c["key"])
-                        for c in r["conditions"]
+                        Condition(c["type"], tuple(c["values"]), c["key"]) for c in r["conditions"]
                     ),
                     actions=tuple(_action_from_json(a) for a in r["actions"]),
                 )
