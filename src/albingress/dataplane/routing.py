@@ -89,7 +89,7 @@ class _Request:
         "query",
     )
 
-    def __init__(  # noqa: PLR0917 -- mirrors RoutingTable.route
+    def __init__(
         self,
         host: str,
         path: str,
@@ -397,7 +397,7 @@ class RoutingTable:
     def build(cls, ir: IR) -> RoutingTable:
         return cls({lst.port: _build_listener(lst.rules) for lst in ir.listeners})
 
-    def route(  # noqa: PLR0917 -- the interface the proxy calls
+    def route(
         self,
         listener_port: int,
         host: str,
