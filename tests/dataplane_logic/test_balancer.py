@@ -1,0 +1,450 @@
+"""Balancer: ALB weighted forwarding over server groups, health, stickiness, schedulers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from itertools import groupby
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from albingress.dataplane.balancer import STICKY_COOKIE, Balancer, Pick, PickContext
+from albingress.ir import ForwardAction, Scheduler, ServerGroup, StickySession, server_key
+
+from .irbuild import forward, group, ir_of, rule, servers
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(groups: list[ServerGroup], action: ForwardAction) -> tuple[Balancer, FakeClock]:
+    clock = FakeClock()
+    bal = Balancer(clock=clock, wall_clock=clock)
+    bal.update(ir_of([rule("r", actions=(action,))], groups))
+    return bal, clock
+
+
+CTX = PickContext(client_ip="127.0.0.1", path="/", query="", sticky_cookie=None)
+
+
+def picks(bal: Balancer, action: ForwardAction, n: int, rule_name: str = "r") -> list[Pick]:
+    out = []
+    for _ in range(n):
+        p = bal.pick(rule_name, action, CTX)
+        assert p is not None
+        out.append(p)
+    return out
+
+
+def group_counts(ps: list[Pick]) -> dict[str, int]:
+    return dict(Counter(p.group.id for p in ps))
+
+
+SEED_GROUPS = [
+    group("svc-tea", servers(3, net=1)),
+    group("svc-coffee", servers(2, net=2)),
+    group("sgp-vm", servers(1, net=3)),
+    group("sgp-idc", servers(10, net=4)),
+]
+SEED_ACTION = forward(("svc-tea", 30), ("svc-coffee", 20), ("sgp-vm", 30), ("sgp-idc", 20))
+
+
+# --------------------------------------------------------------------------- shares
+
+
+def test_seed_weights_give_exact_shares() -> None:
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    counts = group_counts(picks(bal, SEED_ACTION, 1000))
+    assert counts == {"svc-tea": 300, "svc-coffee": 200, "sgp-vm": 300, "sgp-idc": 200}
+
+
+def test_shares_are_smooth() -> None:
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    seq = [p.group.id for p in picks(bal, SEED_ACTION, 200)]
+    longest = max(len(list(run)) for _, run in groupby(seq))
+    assert longest <= 2
+    # Every window of 10 picks (a tenth of the cycle) holds each group at least once.
+    for i in range(0, 200, 10):
+        assert len(set(seq[i : i + 10])) == 4
+
+
+def test_weight_zero_group_gets_nothing() -> None:
+    action = forward(("svc-tea", 50), ("svc-coffee", 0), ("sgp-vm", 50))
+    bal, _ = make(SEED_GROUPS, action)
+    assert group_counts(picks(bal, action, 100)) == {"svc-tea": 50, "sgp-vm": 50}
+
+
+def test_group_weight_does_not_depend_on_its_server_count() -> None:
+    groups = [group("one", servers(1, net=1)), group("ten", servers(10, net=2))]
+    action = forward(("one", 50), ("ten", 50))
+    bal, _ = make(groups, action)
+    ps = picks(bal, action, 1000)
+    assert group_counts(ps) == {"one": 500, "ten": 500}
+    per_server = Counter(p.server.address for p in ps if p.group.id == "ten")
+    assert sorted(per_server.values()) == [50] * 10
+
+
+def test_server_weights_inside_a_group() -> None:
+    members = servers(3)
+    members = (members[0], *(replace(s, weight=50) for s in members[1:]))
+    action = forward(("g", 100))
+    bal, _ = make([group("g", members)], action)
+    counts = Counter(p.server.address for p in picks(bal, action, 400))
+    assert counts == {"127.0.1.1": 200, "127.0.1.2": 100, "127.0.1.3": 100}
+
+
+def test_weight_zero_server_gets_nothing() -> None:
+    members = servers(2)
+    zero = replace(members[1], weight=0)
+    action = forward(("g", 100))
+    bal, _ = make([group("g", (members[0], zero))], action)
+    assert {p.server.address for p in picks(bal, action, 20)} == {"127.0.1.1"}
+
+
+def test_two_rules_have_their_own_rotation() -> None:
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    first_a = [p.group.id for p in picks(bal, SEED_ACTION, 5, "a")]
+    first_b = [p.group.id for p in picks(bal, SEED_ACTION, 5, "b")]
+    assert first_a == first_b
+
+
+# --------------------------------------------------------------------------- health
+
+
+def keys_of(g: ServerGroup) -> frozenset[str]:
+    return frozenset(server_key(g.id, s.address, s.port) for s in g.servers)
+
+
+def test_unhealthy_group_share_goes_to_the_others_by_weight() -> None:
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    bal.set_unhealthy(keys_of(SEED_GROUPS[2]))  # sgp-vm, weight 30
+    counts = group_counts(picks(bal, SEED_ACTION, 700))
+    assert counts == {"svc-tea": 300, "svc-coffee": 200, "sgp-idc": 200}
+    bal.set_unhealthy(frozenset())
+    assert "sgp-vm" in group_counts(picks(bal, SEED_ACTION, 10))
+
+
+def test_partly_unhealthy_group_keeps_its_full_share() -> None:
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    idc = SEED_GROUPS[3]
+    bal.set_unhealthy(frozenset(sorted(keys_of(idc))[:9]))
+    ps = picks(bal, SEED_ACTION, 1000)
+    assert group_counts(ps)["sgp-idc"] == 200
+    assert {p.server.address for p in ps if p.group.id == "sgp-idc"} == {"127.0.4.9"}
+
+
+def test_nothing_usable_gives_none() -> None:
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    bal.set_unhealthy(frozenset().union(*(keys_of(g) for g in SEED_GROUPS)))
+    assert bal.pick("r", SEED_ACTION, CTX) is None
+
+
+@pytest.mark.parametrize(
+    "action",
+    [forward(("svc-tea", 0), ("svc-coffee", 0)), forward(("missing", 100))],
+    ids=["all weights zero", "unknown group"],
+)
+def test_no_traffic_actions(action: ForwardAction) -> None:
+    bal, _ = make(SEED_GROUPS, action)
+    assert bal.pick("r", action, CTX) is None
+
+
+def test_empty_group_gives_its_share_away() -> None:
+    groups = [group("empty", ()), group("full", servers(1))]
+    action = forward(("empty", 90), ("full", 10))
+    bal, _ = make(groups, action)
+    assert group_counts(picks(bal, action, 10)) == {"full": 10}
+
+
+def test_passive_ejection_and_return() -> None:
+    groups = [group("g", servers(2))]
+    action = forward(("g", 100))
+    bal, clock = make(groups, action)
+    bad = server_key("g", "127.0.1.1", 8080)
+    bal.report_failure(bad)
+    assert bal.is_ejected(bad)
+    assert {p.key for p in picks(bal, action, 6)} == {server_key("g", "127.0.1.2", 8080)}
+    clock.now += 5.0
+    assert bad in {p.key for p in picks(bal, action, 4)}
+    # A second failure in a row: out for 10 s; a failure while out does not extend it.
+    bal.report_failure(bad)
+    bal.report_failure(bad)
+    clock.now += 9.9
+    assert bal.is_ejected(bad)
+    clock.now += 0.1
+    assert not bal.is_ejected(bad)
+    # A success resets the ladder: the next failure is 5 s again.
+    bal.report_success(bad)
+    bal.report_failure(bad)
+    clock.now += 5.0
+    assert not bal.is_ejected(bad)
+
+
+def test_ejection_is_capped() -> None:
+    bal, clock = make([group("g", servers(1))], forward(("g", 100)))
+    key = server_key("g", "127.0.1.1", 8080)
+    for _ in range(10):
+        bal.report_failure(key)
+        clock.now += 60.0
+        assert not bal.is_ejected(key)
+
+
+def test_all_ejected_gives_none() -> None:
+    action = forward(("g", 100))
+    bal, clock = make([group("g", servers(1))], action)
+    bal.report_failure(server_key("g", "127.0.1.1", 8080))
+    assert bal.pick("r", action, CTX) is None
+    clock.now += 5.0
+    assert bal.pick("r", action, CTX) is not None
+
+
+# --------------------------------------------------------------------------- updates
+
+
+def test_state_survives_an_unrelated_update() -> None:
+    other = group("sgp-other", servers(2, net=9))
+    reference, _ = make(SEED_GROUPS, SEED_ACTION)
+    expected = [p.key for p in picks(reference, SEED_ACTION, 37)]
+
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    got = [p.key for p in picks(bal, SEED_ACTION, 13)]
+    new_rules = [
+        rule("r", actions=(SEED_ACTION,)),
+        rule("r2", actions=(forward(("sgp-other", 1)),)),
+    ]
+    bal.update(ir_of(new_rules, [*SEED_GROUPS, other]))
+    got += [p.key for p in picks(bal, SEED_ACTION, 24)]
+    assert got == expected
+
+
+def test_counters_and_ejections_survive_update() -> None:
+    action = forward(("g", 100))
+    bal, _ = make([group("g", servers(2))], action)
+    k1, k2 = (server_key("g", f"127.0.1.{i}", 8080) for i in (1, 2))
+    bal.acquire(k1)
+    bal.report_failure(k2)
+    bal.update(ir_of([rule("r", actions=(action,))], [group("g", servers(3))]))
+    assert bal.active(k1) == 1
+    assert bal.is_ejected(k2)
+    bal.release(k1)
+    bal.release(k1)  # never below zero
+    assert bal.active(k1) == 0
+
+
+def test_changed_weights_take_effect() -> None:
+    action = forward(("svc-tea", 50), ("svc-coffee", 50))
+    bal, _ = make(SEED_GROUPS, action)
+    picks(bal, action, 3)
+    changed = forward(("svc-tea", 75), ("svc-coffee", 25))
+    bal.update(ir_of([rule("r", actions=(changed,))], SEED_GROUPS))
+    counts = group_counts(picks(bal, changed, 400))
+    assert abs(counts["svc-tea"] - 300) <= 1
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def test_retry_prefers_another_server_of_the_same_group() -> None:
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    first = bal.pick("r", SEED_ACTION, CTX)
+    assert first is not None and first.group.id == "svc-tea"
+    retry_ctx = PickContext("127.0.0.1", "/", "", None, exclude=frozenset({first.key}))
+    retry = bal.pick("r", SEED_ACTION, retry_ctx)
+    assert retry is not None
+    assert retry.group.id == "svc-tea" and retry.key != first.key
+
+
+def test_retry_moves_to_another_group_when_its_own_is_exhausted() -> None:
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    vm = SEED_GROUPS[2]
+    retry_ctx = PickContext("127.0.0.1", "/", "", None, exclude=keys_of(vm))
+    got = group_counts(picks_ctx(bal, SEED_ACTION, retry_ctx, 70))
+    assert "sgp-vm" not in got and sum(got.values()) == 70
+
+
+def picks_ctx(bal: Balancer, action: ForwardAction, ctx: PickContext, n: int) -> list[Pick]:
+    out = []
+    for _ in range(n):
+        p = bal.pick("r", action, ctx)
+        assert p is not None
+        out.append(p)
+    return out
+
+
+# --------------------------------------------------------------------------- stickiness
+
+
+def cookie_value(set_cookie: str | None) -> str:
+    assert set_cookie is not None
+    name, _, rest = set_cookie.partition("=")
+    assert name == STICKY_COOKIE
+    return rest.split(";")[0]
+
+
+def test_group_sticky_cookie_round_trip_and_expiry() -> None:
+    action = forward(("svc-tea", 50), ("sgp-vm", 50), sticky=True, timeout=100)
+    bal, clock = make(SEED_GROUPS, action)
+    first = bal.pick("r", action, CTX)
+    assert first is not None
+    assert first.set_cookie is not None and "Max-Age=100" in first.set_cookie
+    value = cookie_value(first.set_cookie)
+    ctx = PickContext("127.0.0.1", "/", "", value)
+    again = picks_ctx(bal, action, ctx, 20)
+    assert {p.group.id for p in again} == {first.group.id}
+    assert all(p.set_cookie is None for p in again)
+    clock.now += 101
+    fresh = [bal.pick("r", action, ctx) for _ in range(4)]
+    assert all(p is not None and p.set_cookie is not None for p in fresh)
+    assert len({p.group.id for p in fresh if p is not None}) == 2
+
+
+def test_group_sticky_moves_when_its_group_is_down() -> None:
+    action = forward(("svc-tea", 50), ("sgp-vm", 50), sticky=True)
+    bal, _ = make(SEED_GROUPS, action)
+    first = bal.pick("r", action, CTX)
+    assert first is not None
+    bal.set_unhealthy(keys_of(next(g for g in SEED_GROUPS if g.id == first.group.id)))
+    moved = bal.pick("r", action, PickContext("127.0.0.1", "/", "", cookie_value(first.set_cookie)))
+    assert moved is not None and moved.group.id != first.group.id
+    assert moved.set_cookie is not None
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    ["garbage", "a.b.c.d", "", "deadbeef.1.."],
+    ids=["word", "letters", "empty", "expired"],
+)
+def test_bad_sticky_cookie_is_ignored(cookie: str) -> None:
+    action = forward(("svc-tea", 50), ("sgp-vm", 50), sticky=True)
+    bal, _ = make(SEED_GROUPS, action)
+    p = bal.pick("r", action, PickContext("127.0.0.1", "/", "", cookie))
+    assert p is not None and p.set_cookie is not None
+
+
+def test_server_sticky_session_inside_a_group() -> None:
+    g = group("g", servers(4), sticky=StickySession(enabled=True, cookie_timeout=50))
+    action = forward(("g", 100))
+    bal, clock = make([g], action)
+    first = bal.pick("r", action, CTX)
+    assert first is not None
+    ctx = PickContext("127.0.0.9", "/", "", cookie_value(first.set_cookie))
+    assert {p.key for p in picks_ctx(bal, action, ctx, 10)} == {first.key}
+    bal.report_failure(first.key)
+    moved = bal.pick("r", action, ctx)
+    assert moved is not None and moved.key != first.key and moved.set_cookie is not None
+    clock.now += 5  # back in, but the new cookie pins the new server
+    ctx2 = PickContext("127.0.0.9", "/", "", cookie_value(moved.set_cookie))
+    assert {p.key for p in picks_ctx(bal, action, ctx2, 5)} == {moved.key}
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def hashed(bal: Balancer, action: ForwardAction, ips: list[str]) -> dict[str, str]:
+    out = {}
+    for ip in ips:
+        p = bal.pick("r", action, PickContext(ip, "/", "", None))
+        assert p is not None
+        out[ip] = p.server.address
+    return out
+
+
+CLIENTS = [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(1000)]
+
+
+def test_sch_is_stable_and_consistent() -> None:
+    action = forward(("g", 100))
+    members = servers(5)
+    bal, _ = make([group("g", members, scheduler=Scheduler.SCH)], action)
+    before = hashed(bal, action, CLIENTS)
+    assert hashed(bal, action, CLIENTS) == before  # same client, same server
+    assert min(Counter(before.values()).values()) > 100  # spread over all five
+    # Remove one server: only its clients move.
+    bal.update(
+        ir_of([rule("r", actions=(action,))], [group("g", members[:4], scheduler=Scheduler.SCH)])
+    )
+    after = hashed(bal, action, CLIENTS)
+    moved = {ip for ip in CLIENTS if after[ip] != before[ip]}
+    assert moved == {ip for ip in CLIENTS if before[ip] == "127.0.1.5"}
+    # Eject one: only its clients move, and they come back afterwards.
+    bal.set_unhealthy(frozenset({server_key("g", "127.0.1.1", 8080)}))
+    ejected = hashed(bal, action, CLIENTS)
+    assert {ip for ip in CLIENTS if ejected[ip] != after[ip]} == {
+        ip for ip in CLIENTS if after[ip] == "127.0.1.1"
+    }
+    bal.set_unhealthy(frozenset())
+    assert hashed(bal, action, CLIENTS) == after
+
+
+@pytest.mark.parametrize(
+    ("key", "query_a", "query_b", "same"),
+    [
+        ("uid", "uid=7&x=1", "x=2&uid=7", True),
+        ("uid", "uid=7", "uid=8", None),
+        ("", "a=1", "a=1", True),
+    ],
+    ids=["same key value", "different values spread", "no key hashes the url"],
+)
+def test_uch(key: str, query_a: str, query_b: str, same: bool | None) -> None:
+    action = forward(("g", 100))
+    bal, _ = make([group("g", servers(8), scheduler=Scheduler.UCH, uch_key=key)], action)
+
+    def server(q: str, ip: str) -> str:
+        p = bal.pick("r", action, PickContext(ip, "/p", q, None))
+        assert p is not None
+        return p.key
+
+    if same:
+        assert server(query_a, "127.0.0.1") == server(query_b, "127.0.0.2")
+    else:
+        spread = {server(f"uid={i}", "127.0.0.1") for i in range(200)}
+        assert len(spread) == 8
+
+
+def test_wlc_prefers_the_least_loaded_relative_to_weight() -> None:
+    members = servers(2)
+    heavy = members[0]
+    light = replace(members[1], weight=50)
+    action = forward(("g", 100))
+    bal, _ = make([group("g", (heavy, light), scheduler=Scheduler.WLC)], action)
+    k_heavy, k_light = (server_key("g", s.address, 8080) for s in (heavy, light))
+    # Idle: ties share by weight, 2:1.
+    idle = Counter(p.key for p in picks(bal, action, 30))
+    assert idle == {k_heavy: 20, k_light: 10}
+    # Keep every picked request in flight: load follows weight.
+    for _ in range(30):
+        p = bal.pick("r", action, CTX)
+        assert p is not None
+        bal.acquire(p.key)
+    assert (bal.active(k_heavy), bal.active(k_light)) == (20, 10)
+    # Finish the heavy server's requests: new ones go there until it catches up.
+    for _ in range(20):
+        bal.release(k_heavy)
+    nxt = [p.key for p in picks(bal, action, 5)]
+    assert nxt == [k_heavy] * 5
+
+
+# --------------------------------------------------------------------------- property
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    weights=st.lists(st.integers(min_value=0, max_value=100), min_size=1, max_size=5).filter(
+        lambda w: sum(w) > 0
+    ),
+    k=st.integers(min_value=1, max_value=3),
+    sizes=st.lists(st.integers(min_value=1, max_value=4), min_size=5, max_size=5),
+)
+def test_counts_are_exact_over_whole_cycles(weights: list[int], k: int, sizes: list[int]) -> None:
+    groups = [group(f"g{i}", servers(sizes[i], net=i + 1)) for i in range(len(weights))]
+    action = forward(*((f"g{i}", w) for i, w in enumerate(weights)))
+    bal, _ = make(groups, action)
+    counts = group_counts(picks(bal, action, sum(weights) * k))
+    assert counts == {f"g{i}": w * k for i, w in enumerate(weights) if w > 0}
