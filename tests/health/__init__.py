@@ -1,0 +1,1 @@
+"""Tests of the active health checker (servergroups/health.py)."""
