@@ -17,13 +17,13 @@ from alibabacloud_tea_openapi.models import Config
 from albingress.api.auth import AccessKey, Verifier
 from albingress.api.openapi import OpenApiHandler
 from albingress.api.server import AdminServer
+from albingress.model.servergroup import NetworkSettings
 from albingress.servergroups.service import ServerGroupService
 from albingress.servergroups.sqlite import SqliteStore
-from albingress.servergroups.validate import NetworkSettings
 
 KEY = AccessKey("LTAItestkey000000001", "test-secret-0123456789abcdefgh")
 # Loopback sub-ranges stand for the load balancer's network and for remote sites.
-SETTINGS = NetworkSettings.parse(vpc=["127.0.0.0/16"], remote=["127.4.0.0/16"])
+SETTINGS = NetworkSettings.from_strings(vpc=("127.0.0.0/16",), remote=("127.4.0.0/16",))
 
 
 @pytest.fixture(autouse=True)

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
+from albingress.model.servergroup import NetworkSettings
 from albingress.servergroups.validate import (
-    NetworkSettings,
     normalize_group_spec,
     validate_group_spec,
 )
 
-LOCAL = NetworkSettings.parse(vpc=["127.0.0.0/16"], remote=["127.4.0.0/16"])
+LOCAL = NetworkSettings.from_strings(vpc=("127.0.0.0/16",), remote=("127.4.0.0/16",))
 DEFAULT = NetworkSettings()
 
 
@@ -103,7 +103,7 @@ def test_every_problem_is_collected() -> None:
         (
             "Ip",
             ip("8.8.8.8", remoteIpEnabled=True),
-            NetworkSettings.parse(remote=["0.0.0.0/0"]),
+            NetworkSettings.from_strings(remote=("0.0.0.0/0",)),
             "IllegalParam.ServerIp",
         ),
         ("Ip", ip("0.0.0.0"), DEFAULT, "IllegalParam.ServerIp"),
@@ -168,4 +168,4 @@ def test_duplicate_servers() -> None:
 
 def test_bad_cidr_setting() -> None:
     with pytest.raises(ValueError):
-        NetworkSettings.parse(vpc=["not-a-cidr"])
+        NetworkSettings.from_strings(vpc=("not-a-cidr",))

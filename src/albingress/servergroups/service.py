@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from albingress.diagnostics import AlbingressError
+from albingress.model.servergroup import NetworkSettings
 from albingress.servergroups.store import ConflictError, ServerGroupStore, StoredGroup
 from albingress.servergroups.validate import (
     GROUP_TYPES,
     MAX_SERVERS_PER_CALL,
     MAX_SERVERS_PER_GROUP,
-    NetworkSettings,
     Problem,
     duplicate_servers,
     normalize_group_spec,

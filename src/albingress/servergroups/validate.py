@@ -8,6 +8,11 @@ returns only the problems. A problem is ``(code, field, message)`` where ``code`
 code (``IllegalParam.HealthCheckInterval``, ``MissingParam.ServerGroupName``,
 ``Mismatch.ServerGroupType``) and ``field`` the path inside the spec (``servers[2].port``).
 
+The network rules use :class:`albingress.model.servergroup.NetworkSettings` (``vpc_cidrs``, the
+load balancer's own network, loopback by default; ``remote_cidrs``, where RemoteIpEnabled servers
+may be, the private ranges by default), the same settings ``--vpc-cidr``/``--remote-cidr`` give
+the compiler; public addresses are refused whatever ``remote_cidrs`` says.
+
 Values may be typed (YAML) or strings (the RPC form of the API): ``"80"`` reads as 80 and
 ``"True"``/``"false"`` as booleans. No I/O, no clock.
 """
@@ -17,8 +22,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from albingress.model.servergroup import NetworkSettings
 
 Problem = tuple[str, str, str]  # (ALB error code, field path in the spec, message)
 
@@ -41,44 +47,11 @@ ALL_SERVER_TYPES = ("Ecs", "Eni", "Eci", "Ip")
 MAX_SERVERS_PER_GROUP = 1000
 MAX_SERVERS_PER_CALL = 200
 
-PRIVATE_RANGES = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkSettings:
-    """Which server addresses are the load balancer's own network and which are remote.
-
-    ``vpc_cidrs``: servers here need nothing special (the embedded default: loopback).
-    ``remote_cidrs``: Ip servers outside ``vpc_cidrs`` must lie here and carry RemoteIpEnabled
-    (cross-region and on-premises servers); public addresses are refused whatever this says.
-    """
-
-    vpc_cidrs: tuple[IPNetwork, ...] = (
-        ipaddress.ip_network("127.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
-    )
-    remote_cidrs: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(c) for c in PRIVATE_RANGES)
-
-    @classmethod
-    def parse(cls, vpc: Sequence[str] = (), remote: Sequence[str] = ()) -> NetworkSettings:
-        """Settings from CIDR strings (``--vpc-cidr``, ``--remote-cidr``); empty keeps defaults.
-
-        Raises ``ValueError`` naming the bad CIDR.
-        """
-        default = cls()
-        vpc_nets = tuple(ipaddress.ip_network(c, strict=False) for c in vpc) or default.vpc_cidrs
-        remote_nets = (
-            tuple(ipaddress.ip_network(c, strict=False) for c in remote) or default.remote_cidrs
-        )
-        return cls(vpc_nets, remote_nets)
-
-    def is_local(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return any(addr in net for net in self.vpc_cidrs if net.version == addr.version)
-
-    def is_remote(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return any(addr in net for net in self.remote_cidrs if net.version == addr.version)
+def _within(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Sequence[IPNetwork]) -> bool:
+    return any(addr in net for net in nets if net.version == addr.version)
 
 
 _SHARED_SPACE = ipaddress.ip_network("100.64.0.0/10")
@@ -409,7 +382,7 @@ def check_server_address(
     """Why a server at ``ip`` may not join a group of ``group_type``, or None when it may."""
     if ip.is_unspecified or ip.is_multicast or ip.is_link_local:
         return f"{ip} cannot be a server address"
-    if settings.is_local(ip):
+    if _within(ip, settings.vpc_cidrs):
         return None
     if group_type != "Ip":
         return f"{ip} is outside the load balancer's network ({_nets(settings.vpc_cidrs)}); remote servers go into Ip server groups with RemoteIpEnabled"
@@ -417,7 +390,7 @@ def check_server_address(
         return f"{ip} is outside the load balancer's network ({_nets(settings.vpc_cidrs)}); set RemoteIpEnabled to attach a remote server"
     if _is_public(ip):
         return f"{ip} is a public address; remote servers must have private addresses"
-    if not settings.is_remote(ip):
+    if not _within(ip, settings.remote_cidrs):
         return f"{ip} is outside the remote ranges ({_nets(settings.remote_cidrs)})"
     return None
 
