@@ -8,7 +8,10 @@ Passes, in order:
 4. ``_resolve``         ForwardGroup entries resolved to server groups (Services built from their
                         endpoints, IDs looked up); a path that cannot be resolved is dropped alone.
 5. ``_canaries``        canary Ingresses folded into the rules of the Ingress they shadow.
-6. ``_order``           rules sorted by precedence per listener; shadowed duplicates warned about.
+6. ``_order``           rules sorted by precedence per listener: Ingress order, then Exact before
+                        Prefix before ImplementationSpecific, then the longest path, then a named
+                        host before a wildcard host before no host, then namespace/name and
+                        position; shadowed duplicates are warned about.
 
 An Ingress with errors loses only the paths the errors are about; the others keep serving.
 """
@@ -322,7 +325,9 @@ def _sort_key(rule: ir.Rule, path: PathSpec) -> tuple[object, ...]:
         type_rank, length = 9, 0
     else:
         type_rank, length = _TYPE_RANK[rule.path.type], len(rule.path.value)
-    return (rule.order, type_rank, -length, rule.ingress, (*path.position, 0, 0))
+    # Between rules otherwise equal, a named host beats a wildcard host, which beats no host.
+    host_rank = 2 if not rule.host else 1 if rule.host.startswith("*.") else 0
+    return (rule.order, type_rank, -length, host_rank, rule.ingress, (*path.position, 0, 0))
 
 
 def _listeners_for(ctx: _Ctx, opts: IngressOptions, diag: Collector) -> tuple[int, ...]:

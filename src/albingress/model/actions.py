@@ -251,12 +251,15 @@ def _group_ref(entry: object, path: str, count: int, diag: Collector) -> GroupRe
     group_id = fields.string("ServerGroupID", "ForwardGroup.InvalidServerGroupID").strip()
     name = fields.string("ServiceName", "ForwardGroup.InvalidServiceName").strip()
     port_raw = fields.raw("ServicePort")
-    if count == 1:
-        weight = fields.integer("Weight", "ForwardGroup.InvalidWeight", lo=0, hi=100, default=100)
-    else:
-        weight = fields.integer(
-            "Weight", "ForwardGroup.WeightRequired", lo=0, hi=100, required=True
-        )
+    weight = fields.integer(
+        "Weight",
+        "ForwardGroup.InvalidWeight",
+        lo=0,
+        hi=100,
+        default=100,
+        required=count > 1,  # one entry defaults to 100; several need a weight each
+        missing_code="ForwardGroup.WeightRequired",
+    )
     fields.warn_unknown(
         ("ServerGroupID", "ServiceName", "ServicePort", "Weight"), "Action.UnknownField"
     )

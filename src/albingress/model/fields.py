@@ -100,12 +100,13 @@ class Fields:
         default: int | None = None,
         required: bool = False,
         allow_string: bool = False,
+        missing_code: str = "",
     ) -> int | None:
         """An integer in [lo, hi]; None (after a diagnostic) when missing or wrong."""
         value = self.raw(name)
         if value is None:
             if required:
-                self.diag.error(code, self.path(name), f"{name} is required")
+                self.diag.error(missing_code or code, self.path(name), f"{name} is required")
             return default
         number = as_int(value, allow_string=allow_string)
         if number is None:
