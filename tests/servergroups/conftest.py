@@ -68,6 +68,7 @@ class Api:
     server: AdminServer | None = None
     service: ServerGroupService | None = None
     changes: list[int] = field(default_factory=list)
+    key: AccessKey = KEY
 
     def start(self) -> None:
         self.store = SqliteStore(self.path)
