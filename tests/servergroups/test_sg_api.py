@@ -340,3 +340,16 @@ def test_groups_survive_a_restart(api: Any) -> None:
     assert [(s["ServerIp"], s["Weight"]) for s in listed] == [("127.0.1.7", 42)]
     body = client.list_server_groups(m.ListServerGroupsRequest()).body
     assert [g.server_group_name for g in body.server_groups] == ["durable"]
+
+
+def test_client_token_makes_a_retry_idempotent(client: Client, api: Any) -> None:
+    req = m.CreateServerGroupRequest(server_group_name="once-only", client_token="tok-123")
+    first = client.create_server_group(req).body
+    again = client.create_server_group(req).body
+    assert first.server_group_id == again.server_group_id
+    assert first.request_id != again.request_id
+    assert len(api.objects()) == 1
+    other = client.create_server_group(
+        m.CreateServerGroupRequest(server_group_name="once-only", client_token="tok-456")
+    ).body
+    assert other.server_group_id != first.server_group_id

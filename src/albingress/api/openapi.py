@@ -14,17 +14,21 @@ import json
 import logging
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from albingress.api.auth import AuthFailure, Verifier
+from albingress.api.auth import AccessKey, AuthFailure, Verifier
 from albingress.api.server import AdminRequest, AdminResponse, AdminServer
+from albingress.model.servergroup import NetworkSettings
 from albingress.servergroups.service import ApiError, Page, ServerGroupService, new_job_id
+from albingress.servergroups.store import ServerGroupStore
 
 log = logging.getLogger(__name__)
 
 VERSION = "2020-06-16"
+CLIENT_TOKENS = 1000  # successful calls remembered by ClientToken
 _INDEX_RE = re.compile(r"^[1-9]\d{0,4}$")
 _BOOL_PARAMS = ("DryRun",)
 
@@ -229,11 +233,17 @@ ACTIONS: dict[str, Action] = {
 
 
 class OpenApiHandler:
-    """The ``POST /`` (and ``GET /``) handler: authenticate, parse, run the action, answer."""
+    """The ``POST /`` (and ``GET /``) handler: authenticate, parse, run the action, answer.
+
+    A successful call carrying a ``ClientToken`` is remembered (the last
+    :data:`CLIENT_TOKENS` of them): the same action and token again returns the same answer
+    without acting twice, as ALB's idempotent retries do.
+    """
 
     def __init__(self, service: ServerGroupService, verifier: Verifier) -> None:
         self.service = service
         self.verifier = verifier
+        self._done: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
 
     def register(self, server: AdminServer) -> None:
         server.route("POST", "/", self.handle)
@@ -274,8 +284,35 @@ class OpenApiHandler:
                 )
             for name in ("Format", "SignatureType", "RegionId"):
                 flat.pop(name, None)
+            token = flat.get("ClientToken", "")
+            memo = (verdict, action, token)
+            if token and memo in self._done:
+                return _json(200, {**self._done[memo], "RequestId": rid})
             result = run(self.service, unflatten(flat), rid)
+            if token:
+                self._done[memo] = result
+                while len(self._done) > CLIENT_TOKENS:
+                    self._done.popitem(last=False)
         except ApiError as exc:
             log.info("%s refused: %s", req.headers.get("x-acs-action", "?"), exc.code)
             return error_response(rid, exc.code, exc.message, exc.status)
         return _json(200, result)
+
+
+def mount(
+    server: AdminServer,
+    store: ServerGroupStore,
+    keys: tuple[AccessKey, ...],
+    settings: NetworkSettings | None = None,
+    in_use: Callable[[str], list[str]] | None = None,
+    server_status: Callable[[str, Mapping[str, Any]], str] | None = None,
+) -> OpenApiHandler:
+    """Serve the server-group API of ``store`` at ``/`` of ``server``, signed by ``keys``.
+
+    ``in_use(group_id)`` names the rules forwarding to a group (deleting it is then refused);
+    ``server_status(group_id, server_spec)`` is a server's Status in ListServerGroupServers.
+    """
+    service = ServerGroupService(store, settings, in_use=in_use, server_status=server_status)
+    handler = OpenApiHandler(service, Verifier(keys))
+    handler.register(server)
+    return handler
