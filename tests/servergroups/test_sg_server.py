@@ -180,3 +180,31 @@ def test_no_warning_on_loopback(caplog: pytest.LogCaptureFixture) -> None:
 
     asyncio.run(main())
     assert not any("outside loopback" in r.getMessage() for r in caplog.records)
+
+
+def test_request_fed_byte_by_byte_and_expect_continue() -> None:
+    async def main() -> None:
+        srv = AdminServer("127.0.0.1", 0)
+        srv.route("POST", "/echo", echo)
+        await srv.start()
+        try:
+            host, port = srv.bound
+            reader, writer = await asyncio.open_connection(host, port)
+            data = (
+                b"POST /echo?q=1 HTTP/1.1\r\nHost: h\r\nX-K: split\r\n"
+                b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello"
+            )
+            for i in range(len(data)):
+                writer.write(data[i : i + 1])
+                await writer.drain()
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 OK")
+            body = await asyncio.wait_for(reader.read(200), 5)
+            assert body == b"POST /echo [('q', '1')] 5 split"
+            writer.close()
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())

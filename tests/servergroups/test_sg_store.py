@@ -19,6 +19,9 @@ def test_new_file_is_private_and_wal(tmp_path: Path) -> None:
     store = SqliteStore(path)
     store.create("sgp-abc", SPEC)
     assert path.stat().st_mode & 0o777 == 0o600
+    for side in ("state.db-wal", "state.db-shm"):  # WAL side files inherit the mode
+        assert (path.parent / side).stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
     mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     store.close()

@@ -163,6 +163,9 @@ class _Connection(asyncio.Protocol):
         for name, value in self.headers:
             if name == "content-length" and value.strip().isdigit() and int(value) > MAX_BODY:
                 raise _RequestTooLarge(413)
+        for name, value in self.headers:
+            if name == "expect" and value.strip().lower() == "100-continue" and self.transport:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self.body += body
