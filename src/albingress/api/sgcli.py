@@ -13,18 +13,15 @@ server id is its IP, an Instance group's (``i-...``) is given before ``@``.
 from __future__ import annotations
 
 import argparse
-import functools
 import ipaddress
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from albingress.api.auth import CREDENTIALS_FILE, AccessKey, load_credentials
+from albingress.api.sgclient import ApiFailure, all_groups, all_servers, call, find_key, make_client
 from albingress.diagnostics import ConfigError
 
 DEFAULT_ADMIN = "127.0.0.1:9080"
@@ -32,15 +29,10 @@ DEFAULT_STATE = ".albingress/state.db"
 _SERVER_RE = re.compile(
     r"^(?:(?P<id>[^@\s]+)@)?(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):(?P<port>\d{1,5})(?:/(?P<weight>\d{1,3}))?$"
 )
-_PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 class UsageError(Exception):
     """The command line is wrong (exit 2)."""
-
-
-class ApiFailure(Exception):
-    """The API refused or could not be reached (exit 1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,66 +166,6 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-# --------------------------------------------------------------------------- client
-
-
-def _key(args: argparse.Namespace) -> AccessKey:
-    path = (
-        Path(args.credentials) if args.credentials else Path(args.state).parent / CREDENTIALS_FILE
-    )
-    if not args.credentials and not path.exists():
-        raise ConfigError(
-            f"no credentials at {path}: start `albingress serve --state {args.state}` once "
-            "(it creates them) or pass --credentials FILE"
-        )
-    return load_credentials(path)[0]
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from alibabacloud_alb20200616.client import Client
-    from alibabacloud_tea_openapi.models import Config
-
-    host = args.admin.rsplit(":", 1)[0].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:  # never send loopback admin traffic through a proxy
-        for name in _PROXY_VARS:
-            os.environ.pop(name, None)
-    key = _key(args)
-    config = Config(
-        access_key_id=key.id,
-        access_key_secret=key.secret,
-        endpoint=args.admin,
-        protocol="http",
-        read_timeout=30000,
-        connect_timeout=5000,
-    )
-    return Client(config)
-
-
-def _call(fn: Callable[[], Any]) -> Any:
-    from alibabacloud_tea_openapi.exceptions import AlibabaCloudException
-    from darabonba.exceptions import (  # type: ignore[import-untyped]
-        DaraException,
-        RetryError,
-        UnretryableException,
-        ValidateException,
-    )
-
-    try:
-        return fn()
-    except AlibabaCloudException as exc:
-        data = exc.data if isinstance(exc.data, dict) else {}
-        message = data.get("Message") or exc.message
-        raise ApiFailure(f"{exc.code}: {message}") from exc
-    except ValidateException as exc:
-        raise ApiFailure(f"invalid request: {exc}") from exc
-    except (DaraException, RetryError, UnretryableException, OSError) as exc:
-        raise ApiFailure(f"cannot reach the admin API: {exc}") from exc
-
-
 # --------------------------------------------------------------------------- output
 
 
@@ -249,36 +181,6 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if args.format == "json" else text)
-
-
-def _all_groups(client: Any, ids: list[str] | None = None) -> list[dict[str, Any]]:
-    from alibabacloud_alb20200616 import models as m
-
-    out: list[dict[str, Any]] = []
-    token = None
-    while True:
-        req = m.ListServerGroupsRequest(max_results=100, next_token=token, server_group_ids=ids)
-        body = _call(functools.partial(client.list_server_groups, req)).body
-        out += [g.to_map() for g in body.server_groups or []]
-        token = body.next_token
-        if not token:
-            return out
-
-
-def _all_servers(client: Any, gid: str) -> list[dict[str, Any]]:
-    from alibabacloud_alb20200616 import models as m
-
-    out: list[dict[str, Any]] = []
-    token = None
-    while True:
-        req = m.ListServerGroupServersRequest(
-            server_group_id=gid, max_results=100, next_token=token
-        )
-        body = _call(functools.partial(client.list_server_group_servers, req)).body
-        out += [s.to_map() for s in body.servers or []]
-        token = body.next_token
-        if not token:
-            return out
 
 
 def _servers_table(servers: list[dict[str, Any]]) -> str:
@@ -350,7 +252,7 @@ def _server_maps(
 
 
 def _group_type(client: Any, gid: str) -> str:
-    groups = _all_groups(client, [gid])
+    groups = all_groups(client, [gid])
     if not groups:
         raise ApiFailure(f"ResourceNotFound.ServerGroup: The server group {gid} does not exist.")
     return str(groups[0].get("ServerGroupType") or "Instance")
@@ -395,31 +297,31 @@ def cmd_create(args: argparse.Namespace, client: Any) -> int:
         req.sticky_session_config = m.CreateServerGroupRequestStickySessionConfig().from_map(sticky)
     args.servers = args.server
     servers = _server_maps(args, args.type, partial=False) if args.server else []
-    body = _call(lambda: client.create_server_group(req)).body
+    body = call(lambda: client.create_server_group(req)).body
     gid = body.server_group_id
     if servers:
         add = m.AddServersToServerGroupRequest(server_group_id=gid).from_map(
             {"ServerGroupId": gid, "Servers": servers}
         )
-        _call(lambda: client.add_servers_to_server_group(add))
+        call(lambda: client.add_servers_to_server_group(add))
     _emit(args, {"ServerGroupId": gid, "JobId": body.job_id}, str(gid))
     return 0
 
 
 def cmd_list(args: argparse.Namespace, client: Any) -> int:
-    groups = _all_groups(client)
+    groups = all_groups(client)
     _emit(args, groups, table([_group_row(g) for g in groups], _GROUP_HEADERS))
     return 0
 
 
 def cmd_show(args: argparse.Namespace, client: Any) -> int:
-    groups = _all_groups(client, [args.group_id])
+    groups = all_groups(client, [args.group_id])
     if not groups:
         raise ApiFailure(
             f"ResourceNotFound.ServerGroup: The server group {args.group_id} does not exist."
         )
     group = groups[0]
-    servers = _all_servers(client, args.group_id)
+    servers = all_servers(client, args.group_id)
     hc = group.get("HealthCheckConfig") or {}
     sticky = group.get("StickySessionConfig") or {}
     lines = [table([_group_row(group)], _GROUP_HEADERS), ""]
@@ -443,7 +345,7 @@ def cmd_delete(args: argparse.Namespace, client: Any) -> int:
     from alibabacloud_alb20200616 import models as m
 
     req = m.DeleteServerGroupRequest(server_group_id=args.group_id)
-    body = _call(lambda: client.delete_server_group(req)).body
+    body = call(lambda: client.delete_server_group(req)).body
     _emit(args, {"JobId": body.job_id}, f"deleted {args.group_id}")
     return 0
 
@@ -460,7 +362,7 @@ def cmd_servers(args: argparse.Namespace, client: Any) -> int:
         req = m.AddServersToServerGroupRequest().from_map(
             {"ServerGroupId": gid, "Servers": servers}
         )
-        body = _call(lambda: client.add_servers_to_server_group(req)).body
+        body = call(lambda: client.add_servers_to_server_group(req)).body
     elif command == "remove-servers":
         plain = [
             {k: v for k, v in s.items() if k in ("ServerType", "ServerId", "ServerIp", "Port")}
@@ -469,7 +371,7 @@ def cmd_servers(args: argparse.Namespace, client: Any) -> int:
         req = m.RemoveServersFromServerGroupRequest().from_map(
             {"ServerGroupId": gid, "Servers": plain}
         )
-        body = _call(lambda: client.remove_servers_from_server_group(req)).body
+        body = call(lambda: client.remove_servers_from_server_group(req)).body
     else:
         if all("Weight" not in s and "Description" not in s for s in servers):
             raise UsageError(
@@ -478,7 +380,7 @@ def cmd_servers(args: argparse.Namespace, client: Any) -> int:
         req = m.UpdateServerGroupServersAttributeRequest().from_map(
             {"ServerGroupId": gid, "Servers": servers}
         )
-        body = _call(lambda: client.update_server_group_servers_attribute(req)).body
+        body = call(lambda: client.update_server_group_servers_attribute(req)).body
     verb = {"add-servers": "added", "remove-servers": "removed", "update-servers": "updated"}[
         command
     ]
@@ -504,7 +406,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
 def run(args: argparse.Namespace) -> int:
     """Run ``albingress servergroups <command>``: 0 done, 1 API or setup error, 2 usage error."""
     try:
-        client = _client(args)
+        client = make_client(args.admin, find_key(args.state, args.credentials))
         return COMMANDS[args.sg_command](args, client)
     except UsageError as exc:
         print(f"albingress servergroups: {exc}", file=sys.stderr)
