@@ -55,6 +55,9 @@ UNAVAILABLE = "Unavailable"
 UNUSED = "Unused"
 
 _DEFAULT_CODES = ("http_2xx", "http_3xx")
+# Checks due within this many seconds are started together: fewer loop wake-ups. Each server
+# keeps its fixed rate (the next check is due one interval after the previous *due* time).
+_QUANTUM = 0.01
 _MAX_STATUS_LINE = 1024
 
 
@@ -262,12 +265,12 @@ class HealthChecker:
             while True:
                 now = self._clock()
                 heap = self._heap
-                while heap and heap[0][0] <= now + 0.001:
-                    _, _, key, gen = heapq.heappop(heap)
+                while heap and heap[0][0] <= now + _QUANTUM:
+                    due, _, key, gen = heapq.heappop(heap)
                     target = self._targets.get(key)
                     if target is None or target.gen != gen:
                         continue  # removed or retuned since it was scheduled
-                    self._start_check(target)
+                    self._start_check(target, due)
                 delay = heap[0][0] - now if heap else None
                 self._sleep_until = now + delay if delay is not None else float("inf")
                 self._wake.clear()
@@ -303,17 +306,16 @@ class HealthChecker:
         if due < self._sleep_until and self._wake is not None:
             self._wake.set()
 
-    def _start_check(self, target: _Target) -> None:
+    def _start_check(self, target: _Target, due: float) -> None:
         if len(self._tasks) >= self._max_concurrency:
             # Too many in flight: try again shortly instead of piling up tasks.
             self._schedule(target, self._clock() + 0.05)
             return
-        task = asyncio.get_running_loop().create_task(self._check(target, target.gen))
+        task = asyncio.get_running_loop().create_task(self._check(target, target.gen, due))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _check(self, target: _Target, gen: int) -> None:
-        started = self._clock()
+    async def _check(self, target: _Target, gen: int, due: float) -> None:
         ok = await self._probe(target.probe, target.request)
         self.checks_done += 1
         if self._targets.get(target.key) is not target or target.gen != gen:
@@ -326,7 +328,11 @@ class HealthChecker:
             )
             self._publish()
         interval = target.probe.check.interval
-        self._schedule(target, max(started + interval, self._clock()))
+        now = self._clock()
+        nxt = due + interval
+        if nxt < now:  # the check took longer than an interval: skip the missed turns
+            nxt = now + (due - now) % interval
+        self._schedule(target, nxt)
 
     def _publish(self) -> None:
         unhealthy = frozenset(k for k, t in self._targets.items() if not t.healthy)
