@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +91,61 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from albingress.serve import ServeOptions, parse_address, parse_listen, run
+
+    _setup_logging(args.log_level)
+    options = ServeOptions(
+        manifests=Path(args.manifests),
+        listen=parse_listen(args.listen or ()),
+        admin=parse_address(args.admin, "--admin"),
+        state=Path(args.state),
+        workers=args.workers,
+        network=_network(args),
+        credentials=Path(args.credentials) if args.credentials else None,
+    )
+    if not options.manifests.is_dir():
+        raise UsageError(f"--manifests {args.manifests}: not a directory")
+    if options.admin[0] not in ("127.0.0.1", "::1", "localhost"):
+        logging.getLogger("albingress").warning(
+            "the admin address %s:%d is not loopback: the API is reachable from the network",
+            *options.admin,
+        )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        pass
+    return asyncio.run(run(options))
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _add_serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="PORT=HOST:PORT",
+        help="bind ALB listener PORT to a local address (default 80=127.0.0.1:8080, 443=127.0.0.1:8443)",
+    )
+    p.add_argument("--admin", default="127.0.0.1:9080", metavar="HOST:PORT", help="admin address")
+    p.add_argument("--state", default=".albingress/state.db", help="state file (SQLite)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="worker processes (default: one per core)"
+    )
+    p.add_argument("--credentials", help="AccessKey file for the server-group API")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    _add_network_flags(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="albingress",
@@ -109,12 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
     _add_network_flags(p)
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("serve", help="run the load balancer from a directory of manifests")
+    p.add_argument(
+        "--manifests", required=True, metavar="DIR", help="manifests directory (watched)"
+    )
+    _add_serve_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+    from albingress.api import sgcli
+
+    sgcli.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "servergroups":
+        from albingress.api import sgcli
+
+        return sgcli.run(args)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

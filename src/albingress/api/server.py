@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import cast
 from urllib.parse import parse_qsl
 
 import httptools
@@ -112,8 +113,8 @@ class _Connection(asyncio.Protocol):
     # ----------------------------------------------------------------- transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         self.server.connections.add(self)

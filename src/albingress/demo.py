@@ -1,0 +1,1 @@
+"""``albingress demo``: the seed's scenarios, served and measured on loopback."""
