@@ -169,3 +169,45 @@ def test_duplicate_servers() -> None:
 def test_bad_cidr_setting() -> None:
     with pytest.raises(ValueError):
         NetworkSettings.from_strings(vpc=("not-a-cidr",))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        spec(
+            serverGroupType="Ip", servers=[ip("127.0.0.5"), ip("127.4.0.1", remoteIpEnabled=True)]
+        ),
+        spec(
+            serverGroupType="Instance",
+            protocol="gRPC",
+            scheduler="Uch",
+            uchConfig={"type": "QueryString", "value": "uid"},
+            healthCheckConfig={"healthCheckEnabled": True, "healthCheckProtocol": "gRPC"},
+            stickySessionConfig={
+                "stickySessionEnabled": True,
+                "stickySessionType": "Server",
+                "cookie": "sid",
+            },
+            servers=[
+                {"serverType": "Eci", "serverId": "eci-1", "serverIp": "127.0.3.3", "port": 50051}
+            ],
+        ),
+        spec(healthCheckConfig={"healthCheckProtocol": "TCP", "healthCheckConnectPort": 9000}),
+    ],
+    ids=["ip-with-remote", "grpc-uch-sticky-eci", "tcp-check"],
+)
+def test_what_the_store_holds_compiles_cleanly(raw: dict[str, Any]) -> None:
+    """Contract with the compiler: a normalised spec parses with no diagnostic at all."""
+    from albingress import ir
+    from albingress.diagnostics import Collector, ObjectRef
+    from albingress.model.servergroup import parse_server_group
+
+    normalized, problems = normalize_group_spec(raw, LOCAL)
+    assert problems == []
+    diag = Collector(ObjectRef("ServerGroup", "default", "x"))
+    group = parse_server_group(normalized, diag, LOCAL)
+    assert diag.items == []
+    assert group is not None and group.id == raw["serverGroupId"]
+    assert len(group.servers) == len(normalized["servers"])
+    assert group.health_check.interval == normalized["healthCheckConfig"]["healthCheckInterval"]
+    assert isinstance(group.scheduler, ir.Scheduler)
