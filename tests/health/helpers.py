@@ -38,6 +38,7 @@ class Backend:
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
     connections: int = 0
+    gauge: list[int] | None = None  # shared [open connections, peak] across backends
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -62,6 +63,9 @@ class Backend:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
+        if self.gauge is not None:
+            self.gauge[0] += 1
+            self.gauge[1] = max(self.gauge[1], self.gauge[0])
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             lines = head.decode("latin-1").split("\r\n")
@@ -71,7 +75,7 @@ class Backend:
             )
             self.requests.append(Seen(method, target, host))
             if self.mode == "silent":
-                await asyncio.sleep(30)
+                await asyncio.wait_for(reader.read(), 30)  # until the client gives up
             elif self.mode == "garbage":
                 writer.write(b"garbage, not http\r\n\r\n")
             else:
@@ -88,6 +92,8 @@ class Backend:
         ):
             pass
         finally:
+            if self.gauge is not None:
+                self.gauge[0] -= 1
             self._writers.discard(writer)
             writer.close()
 

@@ -298,3 +298,28 @@ def test_on_change_errors_do_not_stop_the_checker() -> None:
         await backend.stop()
 
     asyncio.run(main())
+
+
+def test_concurrency_is_bounded() -> None:
+    gauge = [0, 0]
+
+    async def body(hc: HealthChecker, changes: list[frozenset[str]]) -> None:
+        # Six servers that never answer: each check holds its connection for the 1 s timeout.
+        silent = [
+            await Backend(f"127.0.2.{i}", mode="silent", gauge=gauge).start() for i in range(1, 7)
+        ]
+        hc.update(
+            ir(
+                group(
+                    "g",
+                    check(timeout=1),
+                    [(b.host, b.port) for b in silent],
+                )
+            )
+        )
+        await wait_until(lambda: sum(b.connections for b in silent) >= 6, 4 * INTERVAL + SLACK)
+        assert gauge[1] == 2  # never more than max_concurrency checks in flight
+        for b in silent:
+            await b.stop()
+
+    run_with_checker(body, max_concurrency=2)
