@@ -1,0 +1,429 @@
+"""The client side: one :class:`ClientConnection` per accepted connection.
+
+Parser callbacks only record the request (target, headers, body pieces, completion) into an
+:class:`~.exchange.Exchange`; after ``feed_data`` returns, :meth:`ClientConnection._pump` starts
+the oldest waiting exchange once the one before it is answered. Pipelined requests wait in a
+queue and reading pauses while any wait, so memory stays bounded.
+
+Request checks beyond llhttp's own (llhttp already rejects Content-Length together with
+Transfer-Encoding, duplicate Content-Length, bad chunk sizes, obs-fold, bare LF):
+
+* RFC 9112 section 2.6 -- only HTTP/1.0 and HTTP/1.1: anything else gets 505;
+* RFC 9112 section 3.2 -- an HTTP/1.1 request needs exactly one Host header;
+* RFC 9112 section 6.1 -- Transfer-Encoding in an HTTP/1.0 request is refused;
+* RFC 9110 section 9.3.6 -- CONNECT is not proxied (405);
+* the request line and headers together above ``max_header_bytes`` (or more than
+  ``max_headers`` fields): 431.
+
+Every rejection answers in order (after the requests before it) and closes the connection.
+Idle and header timeouts use one timestamp, ``idle_since``, set and cleared in
+:meth:`ClientConnection._set_idle` only, checked by the worker's periodic sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import cast
+
+import httptools
+
+from albingress.dataplane.context import WorkerContext
+from albingress.dataplane.exchange import Exchange
+from albingress.dataplane.flow import PEER_FULL, QUEUED, TUNNEL_PEER_FULL, FlowControl
+from albingress.dataplane.wire import FORWARDED, HOP_BY_HOP, error_response
+
+log = logging.getLogger("albingress.dataplane")
+
+
+class RequestRejected(Exception):
+    """Raised inside a parser callback to stop parsing: answer ``code`` and close."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# What the header scan does with a request header, by lowercase name.
+_DROP, _HOST, _XFF, _COOKIE, _CONNECTION, _UPGRADE, _TE = range(7)
+_SPECIAL: dict[bytes, int] = dict.fromkeys(HOP_BY_HOP | FORWARDED, _DROP)
+_SPECIAL.update(
+    {
+        b"host": _HOST,
+        b"x-forwarded-for": _XFF,
+        b"cookie": _COOKIE,
+        b"connection": _CONNECTION,
+        b"upgrade": _UPGRADE,
+        b"transfer-encoding": _TE,
+    }
+)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parses requests, answers them in order."""
+
+    def __init__(self, ctx: WorkerContext, listener_port: int, scheme: str = "http") -> None:
+        self.ctx = ctx
+        self.listener_port = listener_port
+        self.scheme = scheme
+        self.forwarded_const = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n" % (
+            scheme.encode(),
+            listener_port,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = ""
+        self.client_port = 0
+        self.ip_bytes = b""
+        self.current: Exchange | None = None  # being answered
+        self.queue: collections.deque[Exchange] = collections.deque()  # parsed, waiting
+        self.parsing: Exchange | None = None  # its body is being read
+        self.tunnel: Exchange | None = None  # after a 101: raw bytes to this exchange
+        self.upgrading: Exchange | None = None  # bytes after an Upgrade request go here
+        self.error: bytes = b""  # a rejection to send once the requests before it are answered
+        self.stopped = False  # no more requests are read (error, Connection: close, upgrade)
+        self.closed = False
+        self.pumping = False
+        self.idle_since: float | None = None
+        # the request head being parsed
+        self.in_head = False
+        self.head_fed = 0
+        self.head_bytes = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    # ----------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(transport)
+        ctx = self.ctx
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        self.ip_bytes = self.client_ip.encode()
+        ctx.connections.add(self)
+        s = ctx.settings
+        if len(ctx.connections) > s.max_connections or ctx.draining:
+            why = "shutting down" if ctx.draining else "too many connections"
+            transport.write(error_response(503, why, close=True))
+            self.close()
+            return
+        transport.set_write_buffer_limits(s.write_high_water, s.write_low_water)
+        self._set_idle(True)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_to_server(data)
+            return
+        if self.upgrading is not None:
+            self.upgrading.tunnel_to_server(data)
+            return
+        if self.stopped:
+            return
+        if self.in_head:
+            self.head_fed += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0] if exc.args else len(data) :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, RequestRejected):
+                self._reject(cause.code, cause.reason)
+            else:
+                log.exception("request handling failed", exc_info=cause)
+                self._reject(500, "internal error")
+        except httptools.HttpParserError as exc:
+            self._reject(400, f"malformed request: {exc}")
+        else:
+            if self.in_head and self.head_fed > self.ctx.settings.max_header_bytes:
+                self._reject(431, "request header fields too large")
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        self.stopped = True
+        # keep the socket open for the answer to a request already read
+        return bool(self.current is not None or self.queue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        ex = self.current
+        self.current = None
+        self.queue.clear()
+        if ex is not None:
+            ex.client_lost()
+
+    def pause_writing(self) -> None:
+        self.flow.write_paused = True
+        ex = self.current
+        conn = ex.upstream if ex is not None else None
+        if conn is not None and conn.flow is not None:
+            conn.flow.pause(TUNNEL_PEER_FULL if conn.tunnel else PEER_FULL)
+
+    def resume_writing(self) -> None:
+        self.flow.write_paused = False
+        ex = self.current
+        conn = ex.upstream if ex is not None else None
+        if conn is not None and conn.flow is not None:
+            conn.flow.resume(TUNNEL_PEER_FULL | PEER_FULL)
+
+    # ----------------------------------------------------------------- parser callbacks
+
+    def on_url(self, url: bytes) -> None:
+        # the first callback of a request (llhttp has no on_message_begin worth a call)
+        if self.in_head:
+            self.url += url
+            self.head_bytes += len(url)
+        else:
+            self.in_head = True
+            self.head_fed = 0
+            self.url = url
+            self.head_bytes = len(url)
+        if self.head_bytes > self.ctx.settings.max_header_bytes:
+            raise RequestRejected(431, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.head_bytes += len(name) + len(value) + 4
+        s = self.ctx.settings
+        if self.head_bytes > s.max_header_bytes or len(self.headers) > s.max_headers:
+            raise RequestRejected(431, "request header fields too large")
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        ex = self._exchange()
+        self.headers = []
+        self.parsing = ex
+        self.queue.append(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            if not ex.keep_alive:
+                self.stopped = True
+            ex.request_complete()
+
+    # ----------------------------------------------------------------- requests
+
+    def _exchange(self) -> Exchange:
+        parser = self.parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise RequestRejected(505, f"HTTP/{version} is not supported")
+        method = parser.get_method().decode("ascii", "replace")
+        if method == "CONNECT":
+            raise RequestRejected(405, "CONNECT is not supported")
+        url = self.url
+        if url[:1] == b"/":
+            path_b, _, query_b = url.partition(b"?")
+            target = url
+            authority = b""
+        elif url == b"*":
+            path_b, query_b, target, authority = b"*", b"", b"*", b""
+        else:  # absolute-form (RFC 9112 3.2.2): the authority replaces Host
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise RequestRejected(400, "invalid request target") from None
+            path_b = parsed.path or b"/"
+            query_b = parsed.query or b""
+            target = path_b + (b"?" + query_b if query_b else b"")
+            authority = parsed.host or b""
+            if parsed.port:
+                authority += b":%d" % parsed.port
+        path_b = path_b.partition(b"#")[0]
+        raw = self.headers
+        out: list[tuple[bytes, bytes]] = []
+        ex = Exchange(
+            self,
+            method,
+            target,
+            path_b.decode("latin-1"),
+            query_b.decode("latin-1"),
+            raw,
+            out,
+        )
+        hosts = 0
+        upgrade = b""
+        special = _SPECIAL
+        for name, value in raw:
+            kind = special.get(name.lower())
+            if kind is None:
+                out.append((name, value))
+            elif kind == _HOST:
+                hosts += 1
+                ex.host = value
+                out.append((name, value))
+            elif kind == _COOKIE:
+                ex.cookie = value if not ex.cookie else ex.cookie + b"; " + value
+                out.append((name, value))
+            elif kind == _XFF:
+                ex.xff = value if not ex.xff else ex.xff + b", " + value
+            elif kind == _CONNECTION:
+                ex.connection_tokens += b"," + value
+            elif kind == _UPGRADE:
+                upgrade = value
+            elif kind == _TE:
+                ex.chunked = True
+        if ex.connection_tokens:
+            named = {t.strip().lower() for t in ex.connection_tokens.split(b",")}
+            named -= {b"", b"close", b"keep-alive", b"upgrade"}
+            if named:
+                out[:] = [(n, v) for n, v in out if n.lower() not in named]
+        ex.version_10 = version == "1.0"
+        if ex.version_10:
+            if ex.chunked:
+                raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
+        elif hosts != 1:
+            raise RequestRejected(400, "an HTTP/1.1 request needs exactly one Host header")
+        if hosts > 1:
+            raise RequestRejected(400, "more than one Host header")
+        if authority:
+            ex.host = authority
+            out[:] = [(n, v) for n, v in out if n.lower() != b"host"]
+            out.append((b"Host", authority))
+        ex.keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade() and upgrade:
+            ex.upgrade = upgrade
+        return ex
+
+    def _pump(self) -> None:
+        """Start waiting exchanges, oldest first, while none is being answered."""
+        if self.pumping:
+            return
+        self.pumping = True
+        try:
+            while self.current is None and self.queue and not self.closed:
+                ex = self.queue.popleft()
+                self.current = ex
+                self._set_idle(False)
+                ex.start()
+            if self.current is None and not self.queue:
+                if self.error:
+                    self._send_error()
+                elif self.stopped and self.parsing is None and self.upgrading is None:
+                    self.close()
+        finally:
+            self.pumping = False
+        if self.queue:
+            self.flow.pause(QUEUED)
+        else:
+            self.flow.resume(QUEUED)
+
+    def exchange_done(self, ex: Exchange) -> None:
+        """``ex`` is answered (or given up): go on with the next request, or close."""
+        if self.current is ex:
+            self.current = None
+        if self.tunnel is ex:
+            self.tunnel = None
+        self.ctx.requests += 1
+        if ex.close_after or self.ctx.draining:
+            self.close()
+            return
+        if not self.queue:
+            self._set_idle(True)
+        self._pump()
+
+    def _upgraded(self, rest: bytes) -> None:
+        """The parser saw an Upgrade request; what follows belongs to the tunnel."""
+        self.stopped = True
+        ex = self.queue[-1] if self.queue else self.current
+        if ex is None or not ex.upgrade:
+            self._reject(400, "unexpected protocol switch")
+            return
+        self.upgrading = ex
+        if rest:
+            ex.tunnel_to_server(rest)
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        self.upgrading = None
+        self.tunnel = ex
+        self.flow.resume(0xFF)
+
+    def _reject(self, code: int, reason: str) -> None:
+        self.stopped = True
+        self.in_head = False
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            if ex is self.current:
+                ex.request_broken()
+                return
+            if ex in self.queue:
+                self.queue.remove(ex)
+        self.error = error_response(code, reason, close=True)
+
+    def _send_error(self) -> None:
+        data, self.error = self.error, b""
+        self.write(data)
+        self.close()
+
+    # ----------------------------------------------------------------- output and lifecycle
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    def write_many(self, parts: list[bytes]) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            if len(parts) == 1:
+                transport.write(parts[0])
+            else:
+                transport.writelines(parts)
+
+    def flow_pause(self, reason: int) -> None:
+        if not self.closed:
+            self.flow.pause(reason)
+
+    def flow_resume(self, reason: int) -> None:
+        if not self.closed:
+            self.flow.resume(reason)
+
+    def _set_idle(self, idle: bool) -> None:
+        """The one place the idle (keep-alive and header) timer is armed and cancelled."""
+        self.idle_since = self.ctx.clock() if idle else None
+
+    def check_timeouts(self, now: float) -> None:
+        ex = self.current
+        if ex is not None:
+            ex.check_timeout(now)
+            return
+        since = self.idle_since
+        if since is not None and now - since > self.ctx.settings.idle_timeout:
+            if self.in_head:
+                self.write(error_response(408, "request not received in time", close=True))
+            self.close()
+
+    def drain(self) -> None:
+        """Shutdown: close now when idle, otherwise after the answer in flight."""
+        if self.current is None and not self.queue and not self.in_head:
+            self.close()
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or bool(self.queue)
+
+    def close(self) -> None:
+        self.stopped = True
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def abort(self) -> None:
+        self.stopped = True
+        transport = self.transport
+        if transport is not None:
+            transport.abort()

@@ -1,0 +1,590 @@
+"""One request and its response, from the rule's actions to the last byte.
+
+An :class:`Exchange` is made by the client connection once a request's head is parsed. When the
+requests before it are answered, :meth:`Exchange.start` routes it, runs the rule's pre-actions
+(TrafficLimit, InsertHeader/RemoveHeader, Rewrite; TrafficMirror is not carried out yet), then
+the final action: a Redirect or FixedResponse is answered here, a ForwardGroup picks a server
+through the balancer and relays the request to it over a pooled connection.
+
+Failure handling: a connection that cannot be opened is reported (``report_failure``) and the
+request goes to another server (``PickContext.exclude``), up to ``settings.max_retries`` more
+times, as long as nothing of it was sent. A pooled connection that closes before answering an
+idempotent request without a body is retried the same way (the server closed an idle
+connection; nothing is reported). Every pick is ``acquire``-d and ``release``-d exactly once.
+
+Answers of the proxy itself: 404 (no rule), 503 (no usable server, traffic limit, no
+configuration yet), 502 (connection refused or reset, malformed response), 504 (connect or
+response timeout), each with the reason in the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from albingress.dataplane import actions as act
+from albingress.dataplane.balancer import STICKY_COOKIE, Pick, PickContext
+from albingress.dataplane.flow import BUFFERING, PEER_FULL
+from albingress.dataplane.upstream import UpstreamConnection
+from albingress.dataplane.wire import (
+    CRLF,
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    chunk,
+    error_body,
+    simple_response,
+    status_line,
+)
+from albingress.ir import (
+    FixedResponseAction,
+    ForwardAction,
+    InsertHeaderAction,
+    RedirectAction,
+    RemoveHeaderAction,
+    RewriteAction,
+    Rule,
+    TrafficLimitAction,
+)
+
+if TYPE_CHECKING:
+    from albingress.dataplane.downstream import ClientConnection
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_STICKY_PREFIX = STICKY_COOKIE.encode() + b"="
+_CONN_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+
+
+def _without_named(headers: list[tuple[bytes, bytes]], tokens: bytes) -> list[tuple[bytes, bytes]]:
+    """``headers`` without those the Connection header names (RFC 9110 7.6.1)."""
+    named = {t.strip().lower() for t in tokens.split(b",")} - _CONN_STANDARD
+    if not named:
+        return headers
+    return [(n, v) for n, v in headers if n.lower() not in named]
+
+
+def _sticky_value(cookie: bytes) -> str | None:
+    for part in cookie.split(b";"):
+        part = part.strip()
+        if part.startswith(_STICKY_PREFIX):
+            return part[len(_STICKY_PREFIX) :].decode("latin-1")
+    return None
+
+
+class Exchange:
+    """One request/response pair on a client connection."""
+
+    # Defaults shared by every instance (immutable); __init__ sets only what differs.
+    host = b""  # the Host header (or the absolute-form authority)
+    xff = b""  # X-Forwarded-For received
+    cookie = b""  # Cookie headers, joined
+    connection_tokens = b""
+    version_10 = False
+    keep_alive = True
+    upgrade = b""  # the Upgrade header when the request asks to switch protocols
+    chunked = False  # the request body is chunked (re-chunked upstream)
+    plain = False  # the response may be relayed byte for byte (see wire.plain_response)
+    rule: Rule | None = None
+    pick: Pick | None = None
+    attempts = 0
+    reused = False
+    connect_task: asyncio.Task[None] | None = None
+    upstream: UpstreamConnection | None = None
+    body_buf_size = 0
+    body_sent = False
+    req_done = False
+    resp_started = False
+    resp_chunked = False
+    resp_done = False
+    close_after = False
+    finished = False
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        method: str,
+        target: bytes,
+        path: str,
+        query: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.head_only = method == "HEAD"  # the response has no body
+        self.target = target  # origin-form request target sent upstream
+        self.path = path
+        self.query = query
+        self.raw_headers = raw_headers  # as received: what rules match
+        self.headers = headers  # to forward: hop-by-hop and X-Forwarded-* removed
+        self.tried: set[str] = set()
+        self.body_buf: list[bytes] = []
+        self.tunnel_buf: list[bytes] = []
+        self.out: list[bytes] = []
+
+    # ----------------------------------------------------------------- the rule's actions
+
+    def start(self) -> None:
+        ctx = self.client.ctx
+        table = ctx.table
+        if table is None:
+            self.fail(503, "no configuration loaded yet")
+            return
+        client = self.client
+        host = self.host.decode("latin-1")
+        rule = ctx.route(
+            table,
+            client.listener_port,
+            host,
+            self.path,
+            self.method,
+            self.query,
+            self.raw_headers,
+            client.client_ip,
+        )
+        if rule is None:
+            self.fail(404, f"no rule matches host {host!r} and path {self.path!r}")
+            return
+        self.rule = rule
+        actions = rule.actions
+        final = actions[-1]
+        if len(actions) > 1 and not self._pre_actions(rule):
+            return
+        if type(final) is ForwardAction:
+            self.forward()
+        elif type(final) is RedirectAction:
+            location = act.redirect_location(
+                final, client.scheme, host, client.listener_port, self.path, self.query
+            )
+            self.respond(final.http_code, b"", [(b"Location", location.encode("latin-1"))])
+        elif type(final) is FixedResponseAction:
+            code, headers, body = act.fixed_response(final)
+            self.respond(code, body, [h for h in headers if h[0].lower() != b"content-length"])
+        else:
+            self.fail(500, f"rule {rule.name} has no final action")
+
+    def _pre_actions(self, rule: Rule) -> bool:
+        """Run the pre-actions in order; False when the request was answered (limited)."""
+        ctx = self.client.ctx
+        header_actions = []
+        rewritten = False
+        host = self.host.decode("latin-1")
+        path, query = self.path, self.query
+        for action in rule.actions[:-1]:
+            if type(action) is TrafficLimitAction:
+                if not ctx.limiter.allow(rule.name, action, self.client.client_ip):
+                    self.fail(503, f"traffic limit of rule {rule.name} reached")
+                    return False
+            elif type(action) in (InsertHeaderAction, RemoveHeaderAction):
+                header_actions.append(action)
+            elif type(action) is RewriteAction:
+                host, path, query = act.rewrite(action, host, path, query)
+                rewritten = True
+        if header_actions:
+            self.headers = act.apply_header_actions(
+                header_actions,
+                self.headers,
+                self.client.client_ip,
+                client_port=self.client.client_port,
+                lb_port=self.client.listener_port,
+                protocol=self.client.scheme,
+            )
+        if rewritten:
+            new_host = host.encode("latin-1")
+            if new_host != self.host:
+                self.headers = [h for h in self.headers if h[0].lower() != b"host"]
+                self.headers.append((b"Host", new_host))
+            target = path + ("?" + query if query else "")
+            self.target = target.encode("latin-1")
+            self.path, self.query = path, query
+        return True
+
+    # ----------------------------------------------------------------- forwarding
+
+    def forward(self) -> None:
+        ctx = self.client.ctx
+        rule = self.rule
+        assert rule is not None
+        action = rule.actions[-1]
+        assert isinstance(action, ForwardAction)
+        sticky = _sticky_value(self.cookie) if self.cookie else None
+        pctx = PickContext(
+            self.client.client_ip, self.path, self.query, sticky, frozenset(self.tried)
+        )
+        pick = ctx.balancer.pick(rule.name, action, pctx)
+        if pick is None:
+            if self.tried:
+                self.fail(502, f"no server of rule {rule.name} accepted the connection")
+            else:
+                self.fail(503, f"no healthy server in the server groups of rule {rule.name}")
+            return
+        self.pick = pick
+        self.attempts += 1
+        ctx.balancer.acquire(pick.key)
+        conn = ctx.pool.take(pick.key)
+        if conn is not None:
+            self.attach(conn, reused=True)
+        else:
+            self.connect_task = asyncio.get_running_loop().create_task(self._connect(pick))
+
+    async def _connect(self, pick: Pick) -> None:
+        server = pick.server
+        try:
+            conn = await self.client.ctx.pool.connect(pick.key, server.address, server.port)
+        except TimeoutError:
+            self._connect_failed(pick, 504, f"timed out connecting to {pick.key}")
+            return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            self._connect_failed(pick, 502, f"cannot connect to {pick.key}: {reason}")
+            return
+        finally:
+            self.connect_task = None
+        if self.finished:
+            conn.close()
+            return
+        self.attach(conn, reused=False)
+
+    def _connect_failed(self, pick: Pick, code: int, reason: str) -> None:
+        if self.finished:
+            return
+        balancer = self.client.ctx.balancer
+        balancer.release(pick.key)
+        balancer.report_failure(pick.key)
+        self.pick = None
+        self.tried.add(pick.key)
+        if self.attempts <= self.client.ctx.settings.max_retries:
+            self.forward()
+        else:
+            self.fail(code, reason)
+
+    def attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
+        """Send the request head (and any body read so far) on ``conn``."""
+        client = self.client
+        self.upstream = conn
+        self.reused = reused
+        conn.begin(self, self.head_only, client.ctx.clock())
+        pick = self.pick
+        self.plain = (
+            self.keep_alive
+            and not self.head_only
+            and not self.version_10
+            and not self.upgrade
+            and not client.ctx.draining
+            and (pick is None or pick.set_cookie is None)
+        )
+        if client.flow.write_paused and conn.flow is not None:
+            conn.flow.pause(PEER_FULL)
+        parts = [self.method.encode(), b" ", self.target, b" HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            parts += (name, b": ", value, CRLF)
+        parts.append(b"X-Forwarded-For: ")
+        parts.append(self.xff + b", " + client.ip_bytes if self.xff else client.ip_bytes)
+        parts.append(CRLF)
+        if self.host:
+            parts += (b"X-Forwarded-Host: ", self.host, CRLF)
+        parts.append(client.forwarded_const)
+        if self.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if self.upgrade:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, CRLF)
+        parts.append(CRLF)
+        if self.body_buf:
+            parts += self.body_buf
+            self.body_sent = True
+            self.body_buf = []
+            self.body_buf_size = 0
+        if conn.transport is not None:
+            conn.transport.write(b"".join(parts))
+        client.flow_resume(BUFFERING)
+
+    def body(self, data: bytes) -> None:
+        """A piece of the request body (decoded when chunked)."""
+        if self.resp_done or self.finished:
+            return
+        piece = chunk(data) if self.chunked else data
+        conn = self.upstream
+        if conn is not None:
+            conn.write(piece)
+            self.body_sent = True
+        else:
+            self.body_buf.append(piece)
+            self.body_buf_size += len(piece)
+            if self.body_buf_size > self.client.ctx.settings.body_buffer_limit:
+                self.client.flow_pause(BUFFERING)
+
+    def request_complete(self) -> None:
+        self.req_done = True
+        if self.chunked and not self.resp_done:
+            if self.upstream is not None:
+                self.upstream.write(LAST_CHUNK)
+            else:
+                self.body_buf.append(LAST_CHUNK)
+        self.maybe_done()
+
+    def request_broken(self) -> None:
+        """The rest of the request body was malformed: the server must not see more of it."""
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.abort()
+        self.close_after = True
+        if not self.resp_started:
+            self.fail(400, "malformed request body")
+        else:
+            self.client.abort()
+            self._finish()
+
+    # ----------------------------------------------------------------- the response
+
+    def response_informational(self, conn: UpstreamConnection) -> None:
+        if self.version_10:
+            return  # HTTP/1.0 clients do not understand 1xx
+        parts = [status_line(conn.status, conn.reason)]
+        for name, value in conn.headers:
+            if name.lower() not in HOP_BY_HOP:
+                parts += (name, b": ", value, CRLF)
+        parts.append(CRLF)
+        self.out.append(b"".join(parts))
+
+    def response_head(self, conn: UpstreamConnection) -> None:
+        status = conn.status
+        ctx = self.client.ctx
+        pick = self.pick
+        if pick is not None and self.attempts:
+            ctx.balancer.report_success(pick.key)
+        self.resp_started = True
+        parts = [status_line(status, conn.reason)]
+        has_length = chunked = False
+        tokens = b""
+        headers = conn.headers
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    chunked = True
+                elif lname == b"connection":
+                    tokens = tokens + b"," + value if tokens else value
+                continue
+            if lname == b"content-length":
+                has_length = True
+            parts += (name, b": ", value, CRLF)
+        if tokens and (set(tokens.lower().split(b",")) - _CONN_STANDARD):
+            return self._response_head_slow(conn, tokens)
+        self._finish_head(conn, parts, status, has_length, chunked)
+        return None
+
+    def _response_head_slow(self, conn: UpstreamConnection, tokens: bytes) -> None:
+        parts = [status_line(conn.status, conn.reason)]
+        has_length = chunked = False
+        for name, value in _without_named(conn.headers, tokens):
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                chunked = chunked or lname == b"transfer-encoding"
+                continue
+            has_length = has_length or lname == b"content-length"
+            parts += (name, b": ", value, CRLF)
+        self._finish_head(conn, parts, conn.status, has_length, chunked)
+
+    def _finish_head(
+        self, conn: UpstreamConnection, parts: list[bytes], status: int, length: bool, chunked: bool
+    ) -> None:
+        close = not self.keep_alive or self.client.ctx.draining or self.close_after
+        if status == 101:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, CRLF, CRLF)
+            self.out.append(b"".join(parts))
+            return
+        if self.upgrade:
+            close = True  # the client's parser already switched: no further requests
+        if not (self.head_only or status in (204, 304) or length):
+            conn.until_close = not chunked
+            if self.version_10:
+                close = True  # the body ends when the connection closes
+            else:
+                self.resp_chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+        pick = self.pick
+        if pick is not None and pick.set_cookie:
+            parts += (b"Set-Cookie: ", pick.set_cookie.encode("latin-1"), CRLF)
+        if close:
+            self.close_after = True
+            parts.append(b"Connection: close\r\n\r\n")
+        elif self.version_10:
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(CRLF)
+        self.out.append(b"".join(parts))
+
+    def relay_plain(self, data: bytes) -> None:
+        """The whole response, as the server sent it (see ``wire.plain_response``)."""
+        self.upstream = None
+        pick = self.pick
+        if pick is not None:
+            self.client.ctx.balancer.report_success(pick.key)
+        self.resp_started = self.resp_done = True
+        self.client.write(data)
+        if not self.req_done:
+            self.close_after = True
+        self.maybe_done()
+
+    def response_body(self, data: bytes) -> None:
+        self.out.append(chunk(data) if self.resp_chunked else data)
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.out = []
+            self.client.write_many(out)
+
+    def response_complete(self) -> None:
+        self.upstream = None
+        if self.resp_chunked:
+            self.out.append(LAST_CHUNK)
+        self.flush()
+        self.resp_done = True
+        if not self.req_done:
+            self.close_after = True
+        self.maybe_done()
+
+    # ----------------------------------------------------------------- failures
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        """``conn`` closed while serving this exchange."""
+        self.upstream = None
+        if self.finished:
+            return
+        if conn.tunnel:
+            self.client.close()
+            self._finish()
+            return
+        if self.resp_started:
+            if conn.until_close:
+                self.response_complete()
+            else:  # the response was cut short: the client must see it too
+                self.flush()
+                self.client.abort()
+                self._finish()
+            return
+        ctx = self.client.ctx
+        pick = self.pick
+        retry = (
+            not conn.got_bytes
+            and not self.body_sent
+            and not self.upgrade
+            and self.method in IDEMPOTENT
+            and self.attempts <= ctx.settings.max_retries
+        )
+        if pick is not None:
+            ctx.balancer.release(pick.key)
+            self.pick = None
+            if not self.reused:
+                ctx.balancer.report_failure(pick.key)
+                self.tried.add(pick.key)
+        if retry:
+            self.forward()
+        else:
+            self.fail(502, "the server closed the connection before answering")
+
+    def upstream_broken(self, conn: UpstreamConnection, code: int, reason: str) -> None:
+        self.upstream = None
+        if self.finished:
+            return
+        if self.resp_started:
+            self.flush()
+            self.client.abort()
+            self._finish()
+        else:
+            self.fail(code, reason)
+
+    def check_timeout(self, now: float) -> None:
+        conn = self.upstream
+        if conn is None or conn.got_bytes or conn.tunnel:
+            return
+        timeout = self.client.ctx.settings.response_timeout
+        if now - conn.sent_at > timeout:
+            self.upstream = None
+            conn.abort()
+            self.fail(504, f"no response from {conn.key} within {timeout:g} s")
+
+    def client_lost(self) -> None:
+        """The client went away: stop everything for this exchange."""
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            if conn.tunnel:
+                conn.exchange = None
+                conn.close()
+            else:
+                conn.abort()
+        self._finish()
+
+    # ----------------------------------------------------------------- answers of our own
+
+    def respond(self, code: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+        """Answer here (a Redirect, a FixedResponse, an error)."""
+        if self.resp_started or self.finished:
+            return
+        close = (
+            not self.keep_alive
+            or not self.req_done
+            or self.client.ctx.draining
+            or bool(self.upgrade)
+            or self.close_after
+        )
+        self.out.append(
+            simple_response(code, body, close=close, extra=extra, head_only=self.head_only)
+        )
+        self.flush()
+        self.resp_started = self.resp_done = True
+        self.close_after = close
+        self.maybe_done()
+
+    def fail(self, code: int, reason: str) -> None:
+        if self.resp_started:
+            self.client.abort()
+            self._finish()
+            return
+        self.respond(code, error_body(code, reason), [])
+
+    # ----------------------------------------------------------------- tunnel (after a 101)
+
+    def tunnel_to_server(self, data: bytes) -> None:
+        conn = self.upstream
+        if conn is not None and conn.tunnel:
+            conn.write(data)
+        else:
+            self.tunnel_buf.append(data)
+            self.client.flow_pause(BUFFERING)
+
+    def tunnel_to_client(self, data: bytes) -> None:
+        self.client.write(data)
+
+    def start_tunnel(self, rest: bytes) -> None:
+        conn = self.upstream
+        assert conn is not None
+        if self.pick is not None:
+            self.client.ctx.balancer.report_success(self.pick.key)
+        if rest:
+            self.client.write(rest)
+        if self.tunnel_buf:
+            conn.write(b"".join(self.tunnel_buf))
+            self.tunnel_buf = []
+        self.client.start_tunnel(self)
+
+    # ----------------------------------------------------------------- the end
+
+    def maybe_done(self) -> None:
+        if self.resp_done and (self.req_done or self.close_after) and not self.finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        pick = self.pick
+        if pick is not None:
+            self.pick = None
+            self.client.ctx.balancer.release(pick.key)
+        self.client.exchange_done(self)

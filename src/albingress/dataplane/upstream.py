@@ -1,0 +1,266 @@
+"""Connections to servers (pods, VMs, remote servers) and their keep-alive pool.
+
+An :class:`UpstreamConnection` carries one request at a time. Its parser callbacks only record
+the response (status, headers) and hand body bytes to the :class:`~.exchange.Exchange` it
+serves; the work happens after ``feed_data`` returns: the output for the client is flushed as one
+write, and a finished connection goes back to the :class:`Pool` before the exchange is told, so
+the next request may reuse it at once.
+
+The pool keeps, per server key (``ir.server_key``), a LIFO list of idle connections (the most
+recently used first: the one least likely to have been closed by the server), bounded by
+``settings.pool_idle_per_server``; :meth:`Pool.sweep` closes those idle for too long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from albingress.dataplane.flow import PEER_FULL, TUNNEL_PEER_FULL, FlowControl
+from albingress.dataplane.wire import plain_response
+
+if TYPE_CHECKING:
+    from albingress.dataplane.context import WorkerContext
+    from albingress.dataplane.exchange import Exchange
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to one server."""
+
+    def __init__(self, pool: Pool, key: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.got_bytes = False  # any response byte for the current request
+        self.complete = False  # the final response ended (set by the parser)
+        self.head_only = False  # the request was HEAD: the response has no body
+        self.until_close = False  # the response body ends when the server closes
+        self.informational = False  # the message being parsed is a 1xx
+        self.reusable = True
+        self.closed = False
+        self.tunnel = False  # after a 101: raw bytes both ways
+        self.fresh = True  # the parser holds no part of a message
+        self.idle_since = 0.0
+        self.sent_at = 0.0  # when the current request was written (response timeout)
+        self.requests = 0
+
+    # ----------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(transport)
+        s = self.pool.ctx.settings
+        transport.set_write_buffer_limits(s.write_high_water, s.write_low_water)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:  # bytes nobody asked for: this connection cannot be trusted
+            self.close()
+            return
+        if self.tunnel:
+            ex.tunnel_to_client(data)
+            return
+        self.got_bytes = True
+        if self.fresh and ex.plain:
+            out = plain_response(data)
+            if out is not None:  # the common case: relayed as it came, no parser involved
+                self.exchange = None
+                self.pool.put(self)
+                ex.relay_plain(out)
+                return
+        self.fresh = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            if self.status == 101 and ex.upgrade:
+                self.tunnel = True
+                self.reusable = False
+                ex.flush()
+                ex.start_tunnel(data[offset:])
+                return
+            self._malformed(ex, "the server switched protocols without being asked")
+            return
+        except httptools.HttpParserError as exc:
+            self._malformed(ex, f"malformed response from the server ({exc})")
+            return
+        if self.complete:
+            self._finish(ex)
+        else:
+            ex.flush()
+
+    def _malformed(self, ex: Exchange, reason: str) -> None:
+        self.reusable = False
+        self.exchange = None
+        self.close()
+        ex.upstream_broken(self, 502, reason)
+
+    def _finish(self, ex: Exchange) -> None:
+        self.complete = False
+        self.fresh = True
+        self.exchange = None
+        keep = self.reusable and not self.until_close
+        if self.head_only:  # llhttp cannot be told a response has no body: start afresh
+            self.parser = httptools.HttpResponseParser(self)
+        if keep:
+            self.pool.put(self)
+        else:
+            self.close()
+        ex.response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.upstream_lost(self)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def pause_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.client.flow_pause(TUNNEL_PEER_FULL if self.tunnel else PEER_FULL)
+
+    def resume_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.client.flow_resume(TUNNEL_PEER_FULL if self.tunnel else PEER_FULL)
+
+    # ----------------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = status = self.parser.get_status_code()
+        ex = self.exchange
+        if ex is None:
+            return
+        if 100 <= status < 200 and status != 101:
+            self.informational = True
+            ex.response_informational(self)
+            return
+        ex.response_head(self)
+        if self.head_only or status in (204, 304):
+            self.complete = True
+            if not self.parser.should_keep_alive():
+                self.reusable = False
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:  # a body after a HEAD response's head: do not reuse
+            self.reusable = False
+            return
+        ex = self.exchange
+        if ex is not None:
+            ex.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        self.complete = True
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+
+    # ----------------------------------------------------------------- use
+
+    def begin(self, ex: Exchange, head_only: bool, now: float) -> None:
+        """Serve ``ex`` next: reset the per-response state."""
+        self.exchange = ex
+        self.head_only = head_only
+        self.got_bytes = False
+        self.complete = False
+        self.until_close = False
+        self.informational = False
+        self.sent_at = now
+        self.requests += 1
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.reusable = False
+        self.exchange = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Pool:
+    """Idle keep-alive connections per server key, and how new ones are opened."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.idle: dict[str, list[UpstreamConnection]] = {}
+        self.opened = 0  # connections opened so far (tests read it to see reuse)
+
+    def take(self, key: str) -> UpstreamConnection | None:
+        conns = self.idle.get(key)
+        while conns:
+            conn = conns.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def put(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        conns = self.idle.setdefault(conn.key, [])
+        if len(conns) >= self.ctx.settings.pool_idle_per_server or self.ctx.draining:
+            conn.close()
+            return
+        conn.idle_since = self.ctx.clock()
+        if conn.flow is not None:
+            conn.flow.resume(PEER_FULL | TUNNEL_PEER_FULL)
+        conns.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        conns = self.idle.get(conn.key)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    async def connect(self, key: str, host: str, port: int) -> UpstreamConnection:
+        """A new connection; raises OSError (refused, unreachable) or TimeoutError."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.ctx.settings.connect_timeout):
+            _, proto = await loop.create_connection(
+                lambda: UpstreamConnection(self, key), host, port
+            )
+        self.opened += 1
+        return proto
+
+    def sweep(self, now: float) -> None:
+        limit = now - self.ctx.settings.pool_idle_timeout
+        for conns in self.idle.values():
+            while conns and conns[0].idle_since < limit:
+                conns.pop(0).close()
+
+    def close_all(self) -> None:
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.close()
+        self.idle.clear()

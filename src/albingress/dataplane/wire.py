@@ -1,0 +1,134 @@
+"""HTTP/1.1 wire constants: status lines, hop-by-hop header names, canned answers.
+
+Everything here is computed once at import so the hot path only looks things up: status lines
+(``HTTP/1.1 200 OK``), the lowercase names of hop-by-hop headers, and the complete bytes of the
+proxy's own answers (400, 404, 502, ...) with the reason in the body.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+# Headers that describe one connection, never forwarded (RFC 9110 7.6.1), lowercase.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Request headers the proxy sets itself; a client's copy is replaced (X-Forwarded-For appended).
+FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"})
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {code} {phrase}\r\n".encode("latin-1")
+
+
+STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+
+
+def status_line(code: int, reason: bytes) -> bytes:
+    """The client's status line: precomputed for 100-599, the server's reason kept otherwise."""
+    line = STATUS_LINES.get(code)
+    if line is not None:
+        return line
+    return b"HTTP/1.1 %d %s\r\n" % (code, reason)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (``data`` is never empty)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def simple_response(
+    code: int,
+    body: bytes,
+    *,
+    close: bool,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    extra: list[tuple[bytes, bytes]] | None = None,
+    head_only: bool = False,
+) -> bytes:
+    """A complete response of the proxy's own, Content-Length framed."""
+    parts = [STATUS_LINES.get(code) or _status_line(code)]
+    parts.append(b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, len(body)))
+    for name, value in extra or ():
+        parts.append(b"%s: %s\r\n" % (name, value))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(CRLF)
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def error_body(code: int, reason: str) -> bytes:
+    """``502 Bad Gateway: <reason>``: what people read when the proxy answers by itself."""
+    return f"{code} {_status_line(code)[13:-2].decode()}: {reason}\n".encode()
+
+
+def error_response(code: int, reason: str, *, close: bool, head_only: bool = False) -> bytes:
+    return simple_response(code, error_body(code, reason), close=close, head_only=head_only)
+
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+# A response relayed byte for byte must not carry these (checked on the lowercased head): a line
+# starting with t, k, p or u may be hop-by-hop (te, trailer, transfer-encoding, keep-alive,
+# proxy-*, upgrade), one starting with a space or tab is obs-fold. A false alarm only means the
+# response takes the full parser.
+_SUSPECT_LINE = re.compile(rb"\r\n[tkpu \t]")
+_KEEP_ALIVE_LINE = re.compile(rb"\r\nconnection:[ ]*keep-alive[ ]*(?=\r\n)", re.IGNORECASE)
+_NO_BODY = frozenset({b"204", b"304"})
+
+
+def plain_response(data: bytes) -> bytes | None:
+    """``data`` as the client may get it when it is exactly one complete HTTP/1.1 response that
+    needs no rewriting: a final status with a body, one valid Content-Length, no hop-by-hop header
+    but ``Connection: keep-alive`` (cut out), no obs-fold, bare CR or LF, NUL or whitespace
+    before a colon. Anything else returns None and goes through the full parser (llhttp)."""
+    if data[:9] != b"HTTP/1.1 " or data[12:13] != b" ":
+        return None
+    code = data[9:12]
+    if not code.isdigit() or code[:1] in b"01" or code in _NO_BODY:
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = data[: end + 2]
+    low = head.lower()
+    if _SUSPECT_LINE.search(low) or b" :" in head or b"\t" in head or b"\x00" in head:
+        return None
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+        return None
+    at = low.find(b"\r\ncontent-length:")
+    if at < 0 or low.find(b"\r\ncontent-length:", at + 17) >= 0:
+        return None
+    value = low[at + 17 : low.find(b"\r", at + 17)].strip(b" ")
+    if not value.isdigit() or len(value) > 15 or end + 4 + int(value) != len(data):
+        return None
+    conn = low.find(b"\r\nconnection:")
+    if conn < 0:
+        return data
+    match = _KEEP_ALIVE_LINE.match(head, conn)
+    if match is None or low.find(b"\r\nconnection:", conn + 13) >= 0:
+        return None
+    return data[:conn] + data[match.end() :]

@@ -1,0 +1,150 @@
+"""A worker process: serves the listening sockets it inherits from the supervisor.
+
+Started as ``python -m albingress.dataplane.worker --listen 80=FD ... --settings JSON``. The
+listening sockets are inherited file descriptors (see :mod:`.supervisor`); each is served by
+uvloop with a :class:`~.downstream.ClientConnection` per accepted connection.
+
+Control channel: the supervisor writes one JSON message per line to the worker's stdin::
+
+    {"type": "config", "version": 7, "ir": {...ir.to_json...}}   swap in a new configuration
+    {"type": "health", "unhealthy": ["group|10.0.0.1:80", ...]}  servers out of rotation
+    {"type": "drain"}                                             stop, like SIGTERM
+
+and the worker answers on stdout with ``{"type": "applied", "version": 7}`` once a config is
+live. A new config is one reference swap (the routing table) plus ``Balancer.update``: requests
+in flight keep the rule they were routed by, no connection is closed.
+
+SIGTERM (or ``drain``, or the supervisor going away: EOF on stdin) drains: the worker stops
+accepting, closes idle keep-alive connections, lets requests in flight finish for up to
+``settings.drain_timeout`` seconds, then exits 0. SIGINT is ignored: the supervisor decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+from typing import Any
+
+from albingress.dataplane.context import WorkerContext
+from albingress.dataplane.downstream import ClientConnection
+from albingress.dataplane.settings import ProxySettings, settings_from_json
+from albingress.ir import from_json
+
+log = logging.getLogger("albingress.dataplane.worker")
+
+
+class Worker:
+    """The asyncio side of one worker process."""
+
+    def __init__(self, listeners: dict[int, socket.socket], settings: ProxySettings, share: int):
+        self.listeners = listeners
+        self.settings = settings
+        self.ctx = WorkerContext(settings, share=share)
+        self.stop = asyncio.Event()
+        self.servers: list[asyncio.Server] = []
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.ctx.loop = loop
+        for port, sock in self.listeners.items():
+            server = await loop.create_server(
+                lambda port=port: ClientConnection(self.ctx, port),  # type: ignore[misc]
+                sock=sock,
+                backlog=1024,
+            )
+            self.servers.append(server)
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        control = loop.create_task(self._control())
+        sweeper = loop.create_task(self._sweep())
+        await self.stop.wait()
+        await self._drain()
+        control.cancel()
+        sweeper.cancel()
+        return 0
+
+    async def _drain(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.ctx.start_drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout
+        while self.ctx.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.ctx.connections):
+            conn.abort()
+        self.ctx.pool.close_all()
+        await asyncio.sleep(0)
+
+    async def _sweep(self) -> None:
+        interval = self.settings.sweep_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.ctx.sweep()
+            except Exception:
+                log.exception("timeout sweep failed")
+
+    async def _control(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 30)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while True:
+            line = await reader.readline()
+            if not line:  # the supervisor is gone
+                self.stop.set()
+                return
+            try:
+                self.handle(json.loads(line))
+            except Exception:
+                log.exception("bad control message")
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "config":
+            version = int(msg["version"])
+            self.ctx.apply(from_json(msg["ir"]), version)
+            sys.stdout.write(json.dumps({"type": "applied", "version": version}) + "\n")
+            sys.stdout.flush()
+        elif kind == "health":
+            self.ctx.set_unhealthy(frozenset(msg["unhealthy"]))
+        elif kind == "drain":
+            self.stop.set()
+
+
+def _listen_arg(text: str) -> tuple[int, int]:
+    port, _, fd = text.partition("=")
+    return int(port), int(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="albingress.dataplane.worker")
+    parser.add_argument("--listen", action="append", type=_listen_arg, default=[])
+    parser.add_argument("--settings", default="{}")
+    parser.add_argument("--share", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="worker %(process)d: %(message)s")
+    settings = settings_from_json(json.loads(args.settings))
+    listeners = {}
+    for port, fd in args.listen:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        listeners[port] = sock
+    worker = Worker(listeners, settings, args.share)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(worker.run())
+    result: int = uvloop.run(worker.run())
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
