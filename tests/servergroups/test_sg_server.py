@@ -208,3 +208,48 @@ def test_request_fed_byte_by_byte_and_expect_continue() -> None:
             await srv.stop()
 
     asyncio.run(main())
+
+
+def test_long_pipeline_is_answered_in_order() -> None:
+    """More pipelined requests than the queue bound: reading pauses and resumes, none is lost."""
+
+    async def main() -> None:
+        srv = AdminServer("127.0.0.1", 0)
+        srv.route("GET", "/echo", echo)
+        await srv.start()
+        try:
+            n = server_mod.MAX_PIPELINE * 3
+            reqs = b"".join(
+                f"GET /echo?n={i} HTTP/1.1\r\nHost: h\r\n\r\n".encode() for i in range(n)
+            )
+            resps = await exchange(srv, reqs, expect=n)
+            assert len(resps) == n
+            assert all(b"[('n', '%d')]" % i in r for i, r in enumerate(resps))
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+def test_connection_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_mod, "MAX_CONNECTIONS", 2)
+
+    async def main() -> None:
+        srv = AdminServer("127.0.0.1", 0)
+        srv.route("GET", "/echo", echo)
+        await srv.start()
+        try:
+            host, port = srv.bound
+            held = [await asyncio.open_connection(host, port) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            (resp,) = await exchange(srv, b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert resp.split(b" ")[1] == b"503"
+            for _, writer in held:
+                writer.close()
+            await asyncio.sleep(0.05)
+            (resp,) = await exchange(srv, b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert resp.split(b" ")[1] == b"200"
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())

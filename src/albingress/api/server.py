@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # bytes
 MAX_HEAD = 64 << 10  # bytes of request line and headers
 MAX_HEADERS = 100
+MAX_CONNECTIONS = 256  # more are answered 503 and closed
+MAX_PIPELINE = 8  # requests queued on one connection before reading pauses
 IDLE_TIMEOUT = 30.0  # seconds between requests on a kept-alive connection
 REQUEST_TIMEOUT = 30.0  # seconds to receive one whole request
 HANDLER_TIMEOUT = 60.0  # seconds a handler may take
@@ -101,6 +103,9 @@ class _Connection(asyncio.Protocol):
         self.queue: asyncio.Queue[tuple[AdminRequest, bool] | None] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.writable = asyncio.Event()  # cleared while the transport's buffer is full
+        self.writable.set()
+        self.reading = True
         self._reset_message()
         self.head_size = 0
 
@@ -117,6 +122,13 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        if len(self.server.connections) >= MAX_CONNECTIONS:
+            log.warning("admin server: too many connections, refusing %s", self.client[0])
+            self.transport.write(
+                encode_response(_plain(503, "too many connections"), keep_alive=False)
+            )
+            self.transport.close()
+            return
         self.server.connections.add(self)
         self.task = asyncio.get_running_loop().create_task(self._answer())
         self._arm(IDLE_TIMEOUT)
@@ -127,6 +139,12 @@ class _Connection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()
         self.transport = None
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -189,6 +207,9 @@ class _Connection(asyncio.Protocol):
             raw_query=raw_query,
         )
         self.queue.put_nowait((request, self.parser.should_keep_alive()))
+        if self.queue.qsize() >= MAX_PIPELINE and self.transport is not None and self.reading:
+            self.transport.pause_reading()
+            self.reading = False
         self._disarm()
         self._reset_message()
 
@@ -200,10 +221,16 @@ class _Connection(asyncio.Protocol):
             if item is None or self.transport is None:
                 return
             request, keep_alive = item
+            if not self.reading and self.queue.qsize() < MAX_PIPELINE // 2 and self.transport:
+                self.transport.resume_reading()
+                self.reading = True
             response = await self.server.dispatch(request)
             keep_alive = keep_alive and response.headers.get("connection") != "close"
             transport = self.transport
             if transport is None or transport.is_closing():
+                return
+            await self.writable.wait()
+            if transport.is_closing():
                 return
             transport.write(encode_response(response, keep_alive, request.method == "HEAD"))
             if not keep_alive:
