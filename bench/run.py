@@ -108,13 +108,14 @@ class Albingress:
 def start_albingress(
     procs: Processes, wd: Path, backends: fr.Backends, rules: int = 1, name: str = "albingress"
 ) -> Albingress:
-    port, admin = free_port(), free_port()
+    port, admin, tls_port = free_port(), free_port(), free_port()
     manifests = wd / f"{name}-manifests"
     fr.albingress_manifests(manifests, backends, rules)
     argv = [
         sys.executable, "-m", "albingress", "serve",
         "--manifests", str(manifests),
         "--listen", f"80=127.0.0.1:{port}",
+        "--listen", f"443=127.0.0.1:{tls_port}",  # not measured; kept off the default 8443
         "--admin", f"127.0.0.1:{admin}",
         "--workers", "1",
         "--state", str(wd / f"{name}-state.db"),
@@ -130,8 +131,19 @@ def start_albingress(
             status = 0
         if status == 200:
             wait_tcp("127.0.0.1", port, proc=proc)
-            return Albingress(Front(name, port), admin, manifests)
+            break
         time.sleep(0.1)
+    # /healthz may answer before the worker has its first config: wait for the rule itself.
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited ({proc.returncode}):\n{procs.log_tail(proc)}")
+        try:
+            status, _ = http_get("127.0.0.1", port, fr.PATH, fr.HOST, timeout=1)
+        except OSError:
+            status = 0
+        if status == 200:
+            return Albingress(Front(name, port), admin, manifests)
+        time.sleep(0.05)
     raise BenchError(f"{name} not healthy after 120s:\n{procs.log_tail(proc)}")
 
 
@@ -158,7 +170,7 @@ def check_split(front: Front, requests: int = SPLIT_REQUESTS) -> float:
     share_a = 100.0 * counts[fr.BODY_A] / requests
     expected = 100.0 * fr.WEIGHT_A / (fr.WEIGHT_A + fr.WEIGHT_B)
     print(
-        f"  {front.name:12} split A/B = {counts[fr.BODY_A]}/{counts[fr.BODY_B]} ({share_a:.1f}% A)"
+        f"  {front.name:16} split A/B = {counts[fr.BODY_A]}/{counts[fr.BODY_B]} ({share_a:.1f}% A)"
     )
     if abs(share_a - expected) > SPLIT_TOLERANCE_PP:
         raise BenchError(f"{front.name}: backend A got {share_a:.1f}%, expected {expected:.0f}%")
@@ -191,17 +203,17 @@ def measure(fronts: list[Front], wrk: str, script: Path, args: argparse.Namespac
                 raise BenchError(f"{f.name}: wrk saw errors {r.errors} in round {rnd}")
             f.results.append(r)
             print(
-                f"  round {rnd} {f.name:12} {r.rps:10.0f} req/s  p50 {r.p50_ms:6.2f} ms"
+                f"  round {rnd} {f.name:16} {r.rps:10.0f} req/s  p50 {r.p50_ms:6.2f} ms"
                 f"  p99 {r.p99_ms:6.2f} ms"
             )
 
 
 def print_table(fronts: list[Front]) -> None:
     print()
-    print(f"{'front':14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'front':18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for f in fronts:
         rps, p50, p99 = f.median("rps"), f.median("p50_ms"), f.median("p99_ms")
-        print(f"{f.name:14}{rps:10.0f}{p50:9.2f}{p99:9.2f}")
+        print(f"{f.name:18}{rps:10.0f}{p50:9.2f}{p99:9.2f}")
     by = {f.name: f for f in fronts}
     alb = by.get("albingress")
     if alb is None:
@@ -230,10 +242,11 @@ def machine() -> str:
         if line.startswith("MemTotal:"):
             mem_kb = int(line.split()[1])
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    load = Path("/proc/loadavg").read_text().split()[:3]
     return (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {nproc} cores ({model}); "
         f"{mem_kb / 1024 / 1024:.0f} GiB; {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}"
+        f"Python {platform.python_version()}; load average before {' '.join(load)}"
     )
 
 
