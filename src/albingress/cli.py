@@ -173,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_flags(p)
     p.set_defaults(func=cmd_serve)
 
+    from albingress import demo
     from albingress.api import sgcli
 
+    demo.add_parser(sub)
     sgcli.add_parser(sub)
     return parser
 

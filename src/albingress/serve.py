@@ -262,6 +262,7 @@ async def run(options: ServeOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    poller = Poller([options.manifests])  # before the first load: no change can slip between
     runtime.reload()
     await supervisor.start()
     await admin.start()
@@ -276,7 +277,6 @@ async def run(options: ServeOptions) -> int:
         port,
         workers,
     )
-    poller = Poller([options.manifests])
     interval = MIN_POLL
     try:
         while not stop.is_set():
