@@ -13,15 +13,18 @@ atomically. Semantics are those of ``reference/alb-semantics.md`` sections 3 and
 How a lookup stays cheap whatever the number of rules::
 
     listener port ──dict──> _Listener
-      host (lowercase, no port) ──dict──> exact host ──┐
-      parent domain (one label off) ──dict──> wildcard ├─> 1-3 _PathIndex, searched in turn
-      (always) ───────────────────────────> hostless ──┘   with "best IR index so far" as bound
+      host (lowercase, no port) ──dict──> exact host's nodes ──┐  usually one node holding the
+      parent domain (one label off) ──dict──> wildcard's nodes ├─ host's rules merged in IR
+      otherwise ──────────────────────────> hostless nodes ───┘  order with the shared ones
 
-A :class:`_PathIndex` with few rules is a plain list scanned in order. A big one keys its rules
-by the exact path (Exact rules) or by the longest element prefix every matching path must have
-(Prefix rules, and patterns by their literal head); a lookup then reads the buckets of the path
-itself and of each of its element prefixes (``/a/b/c`` -> ``/a/b/c``, ``/a/b``, ``/a``, ``/``),
-so its cost follows the depth of the path, not the number of rules.
+A :class:`_Node` with few rules is a list scanned in order. A bigger one is a step of a trie on
+path segments: the request's next segment picks the child holding the rules that fix that
+segment (``/api/v1`` fixes ``api`` then ``v1``; the pattern ``/files/*.png`` fixes ``files``)
+together with the rules that fix none at that depth (``/``, ``*.png``). A lookup walks down one
+dict get per segment until a short list remains, so its cost follows the depth at which rules
+differ, not their number. Rules shared by many hosts (hostless, wildcard) are copied into each
+host's index when few, and otherwise indexed once and searched beside it, the best IR index found
+so far bounding each later search.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ __all__ = ["RoutingTable", "compile_pattern", "normalize_host"]
 _LINEAR_MAX = 8
 
 _NO_INDEX = 1 << 62
+
+# Shared rules (hostless, a wildcard's, those fixing no segment) are copied into each index that
+# needs them when there are at most this many; more are indexed once and searched beside.
+_MERGE_MAX = 64
 
 
 def compile_pattern(pattern: str, *, ignore_case: bool = False) -> re.Pattern[str]:
@@ -167,22 +174,25 @@ def _path_check(path: PathMatch | None) -> Callable[[str], bool]:
     return lambda p: regex.fullmatch(p) is not None
 
 
-def _bucket_key(path: PathMatch | None) -> tuple[str, str]:
-    """Where a rule goes in a big _PathIndex: ("exact", path) or ("prefix", element prefix).
+def _fixed_segments(path: PathMatch | None) -> tuple[str, ...]:
+    """The leading path segments every request this rule matches must have.
 
-    The element prefix is one that every path this rule matches must have (``/`` for any).
+    ``/a/b`` (Exact or Prefix) -> ``("a", "b")``; the pattern ``/files/7/*.png`` ->
+    ``("files", "7")``; the root prefix, ``None`` and ``*.png`` -> ``()``.
     """
     if path is None:
-        return ("prefix", "/")
-    if path.type is PathType.EXACT:
-        return ("exact", path.value)
+        return ()
+    value = path.value
     if path.type is PathType.PREFIX:
-        return ("prefix", path.value.rstrip("/") or "/")
-    head = re.split(r"[*?]", path.value, maxsplit=1)[0]
-    if head == path.value:  # no wildcard at all: an exact path
-        return ("exact", head)
-    cut = head.rfind("/")
-    return ("prefix", head[:cut] if cut > 0 else "/")
+        value = value.rstrip("/")
+        return tuple(value[1:].split("/")) if value.startswith("/") else ()
+    if not value.startswith("/"):
+        return ()
+    if path.type is PathType.IMPLEMENTATION_SPECIFIC:
+        head = re.split(r"[*?]", value, maxsplit=1)[0]
+        if head != value:  # the segment holding the first wildcard is not fixed
+            return tuple(head[1:].split("/")[:-1])
+    return tuple(value[1:].split("/"))
 
 
 def _any_pattern(values: Iterable[str], ignore_case: bool) -> Callable[[str], bool]:
@@ -248,6 +258,7 @@ class _Entry:
     rule: Rule
     path_ok: Callable[[str], bool]
     checks: tuple[_Check, ...]  # every one must hold; empty = no conditions
+    segments: tuple[str, ...]  # leading path segments fixed by the rule's path (see below)
 
 
 def _compile_rule(index: int, rule: Rule) -> _Entry:
@@ -259,72 +270,109 @@ def _compile_rule(index: int, rule: Rule) -> _Entry:
             check = lambda _r: False  # noqa: E731 -- a broken condition never matches
         if check is not None:
             checks.append(check)
-    return _Entry(index, rule, _path_check(rule.path), tuple(checks))
+    return _Entry(index, rule, _path_check(rule.path), tuple(checks), _fixed_segments(rule.path))
 
 
 # --------------------------------------------------------------------------- path indexes
 
+_Args = tuple[str, str, str, str, Sequence[tuple[bytes, bytes]], str]  # see _Request
 
-def _element_prefixes(path: str) -> list[str]:
-    """``/a/b/c`` -> ``[/a/b/c, /a/b, /a, /]``: the keys a Prefix rule for this path can have."""
-    keys = []
-    if path != "/" and not path.endswith("/"):
-        keys.append(path)
-    i = path.rfind("/")
-    while i > 0:
-        keys.append(path[:i])
-        i = path.rfind("/", 0, i)
-    keys.append("/")
-    return keys
+
+def _checks_hold(e: _Entry, args: _Args) -> bool:
+    req = _Request(*args)  # only rules with conditions pay for it
+    return all(c(req) for c in e.checks)
+
+
+def _ir_order(*groups: Iterable[_Entry]) -> list[_Entry]:
+    return sorted((e for g in groups for e in g), key=lambda e: e.index)
 
 
 @dataclass(frozen=True, slots=True)
-class _PathIndex:
-    """The rules that can answer one host, in IR order, indexed by path when there are many."""
+class _Node:
+    """Rules that may answer a request, in IR order; split on one path segment when many.
 
-    entries: tuple[_Entry, ...]  # IR order
-    exact: dict[str, tuple[_Entry, ...]] | None  # None = scan ``entries`` linearly
-    prefix: dict[str, tuple[_Entry, ...]] | None
+    A node at ``depth`` d with ``children`` sends a request on by its d-th path segment to the
+    rules fixing that segment (with the rules that fix none merged in, or searched beside them
+    when too many to copy); other segments go to ``rest``. A node without children is scanned.
+    """
 
-    @classmethod
-    def of(cls, entries: Iterable[_Entry]) -> _PathIndex:
-        ordered = tuple(sorted(entries, key=lambda e: e.index))
-        if len(ordered) <= _LINEAR_MAX:
-            return cls(ordered, None, None)
-        exact: dict[str, list[_Entry]] = {}
-        prefix: dict[str, list[_Entry]] = {}
-        for e in ordered:
-            kind, key = _bucket_key(e.rule.path)
-            (exact if kind == "exact" else prefix).setdefault(key, []).append(e)
-        return cls(
-            ordered,
-            {k: tuple(v) for k, v in exact.items()},
-            {k: tuple(v) for k, v in prefix.items()},
-        )
+    entries: tuple[_Entry, ...]  # IR order; scanned when ``children`` is None
+    children: dict[str, tuple[_Node, ...]] | None
+    rest: tuple[_Node, ...]  # for a segment no child has, or no segment at all
 
-    def find(self, path: str, req: _Request, bound: int) -> _Entry | None:
-        """The first entry (lowest index below ``bound``) whose path and conditions match."""
-        exact, prefix = self.exact, self.prefix
-        if exact is None or prefix is None:
-            for e in self.entries:
-                if e.index >= bound:
-                    return None
-                if e.path_ok(path) and all(c(req) for c in e.checks):
-                    return e
-            return None
-        best: _Entry | None = None
-        buckets = [exact.get(path)]
-        buckets.extend(prefix.get(k) for k in _element_prefixes(path))
-        for bucket in buckets:
-            if bucket is None:
-                continue
-            for e in bucket:
-                if e.index >= bound:
-                    break
-                if e.path_ok(path) and all(c(req) for c in e.checks):
-                    best, bound = e, e.index
-                    break
-        return best
+    def find(self, path: str, start: int, args: _Args, bound: int) -> _Entry | None:
+        """The first entry below ``bound`` that matches; ``start``: offset of this segment."""
+        node = self
+        while True:  # down the tree while there is one way to go; a loop is cheaper than calls
+            children = node.children
+            if children is None:
+                for e in node.entries:
+                    if e.index >= bound:
+                        return None
+                    if e.path_ok(path) and (not e.checks or _checks_hold(e, args)):
+                        return e
+                return None
+            if start > len(path):
+                nodes = node.rest
+            else:
+                end = path.find("/", start)
+                if end < 0:
+                    nodes = children.get(path[start:], node.rest)
+                    start = len(path) + 1
+                else:
+                    nodes = children.get(path[start:end], node.rest)
+                    start = end + 1
+            if len(nodes) != 1:
+                return _search(nodes, path, start, args, bound)
+            node = nodes[0]
+
+
+def _search(
+    nodes: tuple[_Node, ...], path: str, start: int, args: _Args, bound: int
+) -> _Entry | None:
+    best = None
+    for node in nodes:
+        found = node.find(path, start, args, bound)
+        if found is not None:
+            best, bound = found, found.index
+    return best
+
+
+def _node(entries: list[_Entry], depth: int = 0) -> _Node:
+    """A node for ``entries`` (IR order) that dispatches on segment ``depth`` if worthwhile."""
+    if len(entries) <= _LINEAR_MAX:
+        return _Node(tuple(entries), None, ())
+    fixed: dict[str, list[_Entry]] = {}
+    anywhere: list[_Entry] = []
+    for e in entries:
+        if depth < len(e.segments):
+            fixed.setdefault(e.segments[depth], []).append(e)
+        else:
+            anywhere.append(e)
+    if not fixed:  # nothing more to split on
+        return _Node(tuple(entries), None, ())
+    rest = _node(anywhere, depth + 1)
+    children: dict[str, tuple[_Node, ...]] = {}
+    for seg, group in fixed.items():
+        if len(anywhere) <= _MERGE_MAX:
+            children[seg] = (_node(_ir_order(group, anywhere), depth + 1),)
+        else:
+            children[seg] = (_node(group, depth + 1), rest)
+    return _Node(tuple(entries), children, (rest,) if anywhere else ())
+
+
+def _nodes(own: list[_Entry], *shared: tuple[list[_Entry], _Node | None]) -> tuple[_Node, ...]:
+    """The nodes one host searches: its own rules merged with each small shared group, and the
+    prebuilt node of each shared group too big to copy."""
+    merged = list(own)
+    apart = []
+    for entries, prebuilt in shared:
+        if prebuilt is not None:
+            apart.append(prebuilt)
+        else:
+            merged.extend(entries)
+    first = (_node(_ir_order(merged)),) if merged else ()
+    return first + tuple(apart)
 
 
 # --------------------------------------------------------------------------- the table
@@ -332,34 +380,9 @@ class _PathIndex:
 
 @dataclass(frozen=True, slots=True)
 class _Listener:
-    exact: dict[str, tuple[_PathIndex, ...]]  # host -> indexes to search (own, wildcard, any)
-    wildcard: dict[str, tuple[_PathIndex, ...]]  # parent domain of "*.parent" -> indexes
-    default: tuple[_PathIndex, ...]  # hostless rules only; may be empty
-
-    def route(self, host: str, path: str, req: _Request) -> Rule | None:
-        indexes = self.exact.get(host)
-        if indexes is None:
-            dot = host.find(".")
-            if dot > 0:
-                indexes = self.wildcard.get(host[dot + 1 :])
-            if indexes is None:
-                indexes = self.default
-        best: _Entry | None = None
-        bound = _NO_INDEX
-        for index in indexes:
-            found = index.find(path, req, bound)
-            if found is not None:
-                best, bound = found, found.index
-        return None if best is None else best.rule
-
-
-def _merge(*groups: Sequence[_Entry]) -> tuple[_PathIndex, ...]:
-    """Indexes for one host: pre-merged into one when small, else one per non-empty group."""
-    non_empty = [g for g in groups if g]
-    if sum(len(g) for g in non_empty) <= _LINEAR_MAX or len(non_empty) <= 1:
-        merged = [e for g in non_empty for e in g]
-        return (_PathIndex.of(merged),) if merged else ()
-    return tuple(_PathIndex.of(g) for g in non_empty)
+    exact: dict[str, tuple[_Node, ...]]  # host -> its rules, matching wildcard rules, hostless
+    wildcard: dict[str, tuple[_Node, ...]]  # parent domain of "*.parent" -> those and hostless
+    default: tuple[_Node, ...]  # hostless rules
 
 
 def _build_listener(rules: Sequence[Rule]) -> _Listener:
@@ -375,14 +398,22 @@ def _build_listener(rules: Sequence[Rule]) -> _Listener:
             wild.setdefault(host[2:], []).append(entry)
         else:
             exact.setdefault(host, []).append(entry)
-    exact_tables = {}
+
+    # Shared groups (hostless rules, a wildcard's rules) are copied into each host's index when
+    # small; a big one is indexed once and searched beside the host's own rules.
+    def shared(entries: list[_Entry]) -> tuple[list[_Entry], _Node | None]:
+        return entries, (_node(entries) if len(entries) > _MERGE_MAX else None)
+
+    any_host = shared(hostless)
+    wild_shared = {parent: shared(entries) for parent, entries in wild.items()}
+    exact_nodes = {}
     for host, entries in exact.items():
         dot = host.find(".")
-        parent = host[dot + 1 :] if dot > 0 else None
-        wild_entries = wild.get(parent, []) if parent is not None else []
-        exact_tables[host] = _merge(entries, wild_entries, hostless)
-    wild_tables = {parent: _merge(entries, hostless) for parent, entries in wild.items()}
-    return _Listener(exact_tables, wild_tables, _merge(hostless))
+        wild_group = wild_shared.get(host[dot + 1 :]) if dot > 0 else None
+        extra = [any_host] if wild_group is None else [wild_group, any_host]
+        exact_nodes[host] = _nodes(entries, *extra)
+    wild_nodes = {p: _nodes([], group, any_host) for p, group in wild_shared.items()}
+    return _Listener(exact_nodes, wild_nodes, _nodes([], any_host))
 
 
 class RoutingTable:
@@ -412,7 +443,19 @@ class RoutingTable:
         if listener is None:
             return None
         h = normalize_host(host)
-        return listener.route(h, path, _Request(h, path, method, query, headers, client_ip))
+        nodes = listener.exact.get(h)
+        if nodes is None:
+            dot = h.find(".")
+            if dot > 0:
+                nodes = listener.wildcard.get(h[dot + 1 :])
+            if nodes is None:
+                nodes = listener.default
+        args = (h, path, method, query, headers, client_ip)
+        if len(nodes) == 1:
+            found = nodes[0].find(path, 1, args, _NO_INDEX)
+        else:
+            found = _search(nodes, path, 1, args, _NO_INDEX)
+        return None if found is None else found.rule
 
     @property
     def ports(self) -> tuple[int, ...]:
