@@ -21,15 +21,15 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from albingress import ir
-from albingress.api.auth import load_or_create_credentials
+from albingress.api.auth import AccessKey, load_or_create_credentials
 from albingress.api.openapi import mount
-from albingress.api.server import AdminRequest, AdminResponse, AdminServer
+from albingress.api.server import AdminRequest, AdminResponse, AdminServer, Handler
 from albingress.compile.compiler import CompileOptions, CompileResult, compile_snapshot
 from albingress.dataplane.settings import ProxySettings
 from albingress.dataplane.supervisor import Supervisor
@@ -37,20 +37,22 @@ from albingress.diagnostics import ConfigError, Diagnostic, ObjectRef, Severity
 from albingress.model.servergroup import NetworkSettings
 from albingress.servergroups.health import HealthChecker
 from albingress.servergroups.sqlite import SqliteStore
-from albingress.sources import files
+from albingress.servergroups.store import ServerGroupStore
+from albingress.sources import Source
 from albingress.sources.snapshot import K8sObject, Snapshot
-from albingress.sources.watch import Poller
+from albingress.sources.watch import FilesSource
 
 log = logging.getLogger("albingress.serve")
 
 DEFAULT_LISTEN = {80: ("127.0.0.1", 8080), 443: ("127.0.0.1", 8443)}
 DEFAULT_ADMIN = ("127.0.0.1", 9080)
-MIN_POLL = 0.025  # seconds between looks at the manifests directory
 
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
-    manifests: Path
+    """Settings of the load balancer, whatever its source (files or Kubernetes)."""
+
+    manifests: Path = Path(".")  # the files source's directory (serve only)
     listen: Mapping[int, tuple[str, int]] = field(default_factory=lambda: dict(DEFAULT_LISTEN))
     admin: tuple[str, int] = DEFAULT_ADMIN
     state: Path = Path(".albingress/state.db")
@@ -84,9 +86,18 @@ def parse_address(value: str, flag: str) -> tuple[str, int]:
 class Runtime:
     """Sources -> compiler -> workers and health checks; the state the admin API shows."""
 
-    def __init__(self, options: ServeOptions, store: SqliteStore) -> None:
+    def __init__(
+        self,
+        options: ServeOptions,
+        source: Source,
+        store: ServerGroupStore,
+        compile_options: CompileOptions | None = None,
+    ) -> None:
         self.options = options
+        self.source = source
         self.store = store
+        self.compile_options = compile_options or CompileOptions(network=options.network)
+        self.on_reload: list[Callable[[CompileResult, int], None]] = []
         self.version = 0
         self.result: CompileResult | None = None
         self.reloaded_at = 0.0
@@ -98,13 +109,13 @@ class Runtime:
     # ----------------------------------------------------------------- compile
 
     def snapshot(self) -> Snapshot:
-        snap = files.load([self.options.manifests])
+        snap = self.source.snapshot()
         declared = {
             str(o.spec.get("serverGroupId") or o.name): o for o in snap.of_kind("ServerGroup")
         }
         extra: list[K8sObject] = []
         problems: list[Diagnostic] = []
-        where = f"state:{self.options.state}"
+        where = "api"
         for body in self.store.objects():
             name = str(body["metadata"]["name"])
             if name in declared:
@@ -124,7 +135,7 @@ class Runtime:
 
     def compile(self) -> CompileResult:
         snap = self.snapshot()
-        options = CompileOptions(network=self.options.network)
+        options = self.compile_options
         result = compile_snapshot(snap, options)
         # An Ingress whose current version has errors keeps its last good version.
         current = {o.key: o for o in snap.objects if o.kind == "Ingress"}
@@ -168,6 +179,8 @@ class Runtime:
             self.supervisor.publish_config(result.ir, self.version)
         if self.health is not None:
             self.health.update(result.ir)
+        for callback in self.on_reload:
+            callback(result, self.version)
         rules = sum(len(lst.rules) for lst in result.ir.listeners)
         log.info(
             "config v%d: %d rules, %d server groups, %d errors (compiled in %.1f ms)",
@@ -227,13 +240,30 @@ async def _json_response(data: Any, status: int = 200) -> AdminResponse:
 
 
 async def run(options: ServeOptions) -> int:
+    """``albingress serve``: the files source and the SQLite store."""
     state_dir = options.state.parent
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = SqliteStore(options.state)
-    keys, key_path, created = load_or_create_credentials(options.credentials, state_dir)
-    if created:
-        log.warning("created an AccessKey pair for the server-group API in %s", key_path)
-    runtime = Runtime(options, store)
+    try:
+        keys, key_path, created = load_or_create_credentials(options.credentials, state_dir)
+        if created:
+            log.warning("created an AccessKey pair for the server-group API in %s", key_path)
+        source = FilesSource([options.manifests])
+        return await run_balancer(options, Runtime(options, source, store), keys)
+    finally:
+        store.close()
+
+
+async def run_balancer(
+    options: ServeOptions,
+    runtime: Runtime,
+    keys: tuple[AccessKey, ...],
+    routes: Sequence[tuple[str, str, Handler]] = (),
+) -> int:
+    """Run the supervisor, workers, health checks and admin server for ``runtime`` until a signal.
+
+    Shared by ``serve`` and ``controller``: only the source and the store differ.
+    """
     workers = options.workers or os.cpu_count() or 1
     supervisor = Supervisor(options.listen, workers, options.proxy)
     runtime.supervisor = supervisor
@@ -250,43 +280,48 @@ async def run(options: ServeOptions) -> int:
 
     admin.route("GET", "/healthz", healthz)
     admin.route("GET", "/api/v1/config", config)
-    mount(admin, store, keys, options.network, runtime.in_use, runtime.server_status)
+    for method, path, handler in routes:
+        admin.route(method, path, handler)
+    mount(admin, runtime.store, keys, options.network, runtime.in_use, runtime.server_status)
 
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
-    def store_changed() -> None:
+
+    def mark_changed() -> None:
         loop.call_soon_threadsafe(changed.set)
 
-    store.subscribe(store_changed)
+    runtime.store.subscribe(mark_changed)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    poller = Poller([options.manifests])  # before the first load: no change can slip between
     runtime.reload()
     await supervisor.start()
     await admin.start()
     await supervisor.wait_applied(runtime.version)
-    health_task = asyncio.create_task(health.run(), name="health-checks")
+    tasks = [
+        asyncio.create_task(health.run(), name="health-checks"),
+        asyncio.create_task(runtime.source.run(mark_changed), name="source"),
+    ]
     host, port = admin.bound
     log.info(
         "serving %s: listeners %s, admin http://%s:%d, %d workers",
-        options.manifests,
+        runtime.source.description,
         ", ".join(f"{p}={h}:{lp}" for p, (h, lp) in sorted(supervisor.bound.items())),
         host,
         port,
         workers,
     )
-    interval = MIN_POLL
+    stopping = asyncio.create_task(stop.wait())
     try:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), interval)
-            started = time.perf_counter()
-            files_changed = poller.tick()
-            # A directory with many files is looked at less often: polling stays under ~10%.
-            interval = max(MIN_POLL, (time.perf_counter() - started) * 10)
-            if files_changed or changed.is_set():
+            waiting = asyncio.create_task(changed.wait())
+            await asyncio.wait({waiting, stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            if changed.is_set() and not stop.is_set():
                 changed.clear()
                 try:
                     runtime.reload()
@@ -294,10 +329,12 @@ async def run(options: ServeOptions) -> int:
                     log.exception("reload failed; the last good config keeps serving")
     finally:
         log.info("stopping: draining in-flight requests")
-        health_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await health_task
+        stopping.cancel()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await admin.stop()
         await supervisor.stop()
-        store.close()
     return 0

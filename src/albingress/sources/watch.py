@@ -9,11 +9,16 @@ tick, so a file caught half-written by a slow writer is read again when it is co
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from albingress.sources.files import manifest_files
+from albingress.sources.files import load, manifest_files
+from albingress.sources.snapshot import Snapshot
+
+MIN_POLL = 0.025  # seconds between looks at the manifests directory
 
 Fingerprint = frozenset[tuple[str, int, int, int]]
 
@@ -54,3 +59,30 @@ class Poller:
         if now != self._last:
             self._pending = now
         return False
+
+
+class FilesSource:
+    """The embedded default source: manifests files and directories, polled for changes.
+
+    The fingerprint is taken when the source is made, before the first :meth:`snapshot`, so that
+    no change can slip in between the first load and the first poll.
+    """
+
+    def __init__(self, paths: Iterable[str | Path]) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.description = "manifests " + ", ".join(map(str, self.paths))
+        self._poller = Poller(self.paths)
+
+    def snapshot(self) -> Snapshot:
+        return load(self.paths)
+
+    async def run(self, changed: Callable[[], None]) -> None:
+        """Poll until cancelled; call ``changed`` once per settled change."""
+        interval = MIN_POLL
+        while True:
+            await asyncio.sleep(interval)
+            started = time.perf_counter()
+            if self._poller.tick():
+                changed()
+            # A directory with many files is looked at less often: polling stays under ~10%.
+            interval = max(MIN_POLL, (time.perf_counter() - started) * 10)
