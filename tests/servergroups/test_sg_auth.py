@@ -141,3 +141,20 @@ def test_bad_credentials_file(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_credentials(path)
+
+
+def test_readable_credentials_file_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "creds.yaml"
+    path.write_text("accessKeys:\n- accessKeyId: AK1\n  accessKeySecret: S1\n")
+    path.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        load_credentials(path)
+    assert any("can be read by others" in r.getMessage() for r in caplog.records)
+    assert all("S1" not in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    path.chmod(0o600)
+    with caplog.at_level("WARNING"):
+        load_credentials(path)
+    assert caplog.records == []

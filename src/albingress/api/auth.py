@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import string
@@ -50,6 +51,8 @@ REQUIRED_SIGNED = (
 )
 CREDENTIALS_FILE = "credentials.yaml"
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class AccessKey:
@@ -73,7 +76,18 @@ class AuthFailure:
 
 
 def load_credentials(path: str | os.PathLike[str]) -> tuple[AccessKey, ...]:
-    """The access keys of a credentials file; :class:`ConfigError` when unusable."""
+    """The access keys of a credentials file; :class:`ConfigError` when unusable.
+
+    A file that others may read is used, with a warning.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0
+    if mode & 0o077:
+        log.warning(
+            "credentials file %s can be read by others (mode %o); chmod 600 it", path, mode & 0o777
+        )
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
