@@ -148,7 +148,7 @@ def http_get(
 # --------------------------------------------------------------------------- processes
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """PIDs of ``pid``'s descendants, read from /proc (Linux)."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -237,7 +237,7 @@ class Processes:
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
-            descendants = _children(proc.pid)
+            descendants = children(proc.pid)
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(self.grace)
