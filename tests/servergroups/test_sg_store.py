@@ -122,27 +122,3 @@ def test_missing_magic_is_reported(tmp_path: Path) -> None:
 def test_directory_in_place_of_file(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="not a regular file"):
         SqliteStore(tmp_path)
-
-
-def test_manifest_and_api_group_with_one_id() -> None:
-    from albingress.servergroups.merge import DUPLICATE_CODE, merge_server_groups
-    from albingress.servergroups.store import StoredGroup
-    from albingress.sources.snapshot import K8sObject
-
-    manifest = K8sObject(
-        "ServerGroup",
-        "default",
-        "ecs-a",
-        {"spec": {"serverGroupId": "sgp-one", "serverGroupName": "from-file"}},
-        "groups.yaml",
-    )
-    stored = [
-        StoredGroup(gid, {**SPEC, "serverGroupId": gid}).to_object()
-        for gid in ("sgp-one", "sgp-two")
-    ]
-    kept, problems = merge_server_groups([manifest], stored)
-    assert [(o.kind, o.namespace, o.name) for o in kept] == [("ServerGroup", "default", "sgp-two")]
-    assert [(d.code, d.is_error, d.obj.file) for d in problems] == [
-        (DUPLICATE_CODE, False, "groups.yaml")
-    ]
-    assert "sgp-one" in problems[0].message
