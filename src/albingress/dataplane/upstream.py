@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from albingress.dataplane.exchange import Exchange
 
 
+class UnexpectedUpgrade(Exception):
+    """A 101 answer to a request that did not ask to switch protocols."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to one server."""
 
@@ -155,6 +159,8 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is None:
             return
+        if status == 101 and not ex.upgrade:
+            raise UnexpectedUpgrade("the server switched protocols without being asked")
         if 100 <= status < 200 and status != 101:
             self.informational = True
             ex.response_informational(self)

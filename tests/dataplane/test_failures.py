@@ -1,0 +1,265 @@
+"""Retries, timeouts (fake clock), answers of the proxy's own, rule actions, tunnels, drain."""
+
+from __future__ import annotations
+
+from albingress.dataplane.settings import ProxySettings
+from albingress.ir import (
+    FixedResponseAction,
+    InsertHeaderAction,
+    RedirectAction,
+    RemoveHeaderAction,
+    RewriteAction,
+    TrafficLimitAction,
+)
+
+from .harness import Harness, aio, feed, make_ir, response, split_head
+
+SERVERS = [("127.0.1.1", 8001), ("127.0.1.2", 8002), ("127.0.1.3", 8003)]
+GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+@aio
+async def test_a_refused_connection_is_reported_and_retried_on_another_server():
+    h = Harness(make_ir(SERVERS))
+    h.refuse = {"sgp-0|127.0.1.1:8001"}
+    client, ct = h.client()
+    for _ in range(3):
+        feed(client, GET)
+        await h.settle(10)
+        up, ut = h.upstream()
+        ut.take()
+        feed(up, response(b"ok"))
+        assert ct.take().endswith(b"ok")
+    assert h.connects[0] == "sgp-0|127.0.1.1:8001"
+    assert h.ctx.balancer.is_ejected("sgp-0|127.0.1.1:8001")
+    assert "sgp-0|127.0.1.1:8001" not in h.connects[1:]  # out of rotation afterwards
+    for _, up, _ in h.upstreams:
+        assert h.ctx.balancer.active(up.key) == 0
+
+
+@aio
+async def test_when_every_server_refuses_the_client_gets_502_with_the_reason():
+    h = Harness(make_ir(SERVERS), ProxySettings(max_retries=2))
+    h.refuse = {f"sgp-0|{a}:{p}" for a, p in SERVERS}
+    client, ct = h.client()
+    feed(client, GET)
+    await h.settle(20)
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 502 ") and b"Connection refused" in out
+    assert len(h.connects) == 3  # one try and two retries
+    feed(client, GET)  # the connection stays usable; now nothing is left in rotation
+    await h.settle(20)
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 503 ") and b"no healthy server" in out
+
+
+@aio
+async def test_a_pooled_connection_closed_by_the_server_is_retried_transparently():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    feed(client, GET)
+    await h.settle()
+    up, ut = h.upstream()
+    feed(up, response(b"one"))
+    ct.take()
+    feed(client, GET)  # goes to the pooled connection...
+    await h.settle()
+    assert ut.take().startswith(b"GET /x")
+    up.connection_lost(None)  # ...which the server had closed
+    await h.settle(10)
+    up2, ut2 = h.upstream()
+    assert up2 is not up and ut2.take().startswith(b"GET /x")
+    feed(up2, response(b"two"))
+    assert ct.take().endswith(b"two")
+    assert not h.ctx.balancer.is_ejected(up.key)
+
+
+@aio
+async def test_a_post_whose_body_was_sent_is_not_retried():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    feed(client, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+    await h.settle()
+    up, _ = h.upstream()
+    up.connection_lost(ConnectionResetError())
+    await h.settle()
+    assert ct.take().startswith(b"HTTP/1.1 502 ") and len(h.upstreams) == 1
+
+
+@aio
+async def test_response_timeout_gives_504_and_idle_clients_are_closed():
+    h = Harness(make_ir(SERVERS[:1]), ProxySettings(response_timeout=5, idle_timeout=10))
+    client, ct = h.client()
+    feed(client, GET)
+    await h.settle()
+    up, ut = h.upstream()
+    h.ctx.sweep(h.clock.now + 4)
+    assert ct.take() == b""
+    h.ctx.sweep(h.clock.now + 6)
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 504 ") and b"within 5 s" in out
+    assert ut.aborted and h.ctx.balancer.active(up.key) == 0
+    h.clock.now += 6
+    h.ctx.sweep()
+    assert not ct.closing  # idle for 0 s
+    h.ctx.sweep(h.clock.now + 11)
+    assert ct.closing
+
+
+@aio
+async def test_a_half_sent_request_head_times_out_with_408():
+    h = Harness(make_ir(SERVERS[:1]), ProxySettings(idle_timeout=10))
+    client, ct = h.client()
+    feed(client, b"GET / HTTP/1.1\r\nHo")
+    h.ctx.sweep(h.clock.now + 11)
+    assert ct.take().startswith(b"HTTP/1.1 408 ") and ct.closing
+
+
+@aio
+async def test_a_response_cut_short_aborts_the_client_connection():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    feed(client, GET)
+    await h.settle()
+    up, _ = h.upstream()
+    feed(up, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+    up.connection_lost(ConnectionResetError())
+    assert ct.aborted and ct.take().endswith(b"partial")
+
+
+@aio
+async def test_a_client_that_leaves_releases_its_server():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, _ct = h.client()
+    feed(client, GET)
+    await h.settle()
+    up, ut = h.upstream()
+    assert h.ctx.balancer.active(up.key) == 1
+    client.connection_lost(None)
+    assert ut.aborted and h.ctx.balancer.active(up.key) == 0
+    assert client not in h.ctx.connections
+
+
+@aio
+async def test_no_rule_404_and_no_config_503():
+    h = Harness(make_ir(SERVERS[:1], host="demo.example"))
+    client, ct = h.client()
+    feed(client, b"GET /x HTTP/1.1\r\nHost: other.example\r\n\r\n")
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 404 ") and b"other.example" in out and not ct.closing
+    feed(client, b"HEAD /x HTTP/1.1\r\nHost: other.example\r\n\r\n")
+    assert ct.take().endswith(b"\r\n\r\n")  # no body for HEAD
+    h2 = Harness(None)
+    client2, ct2 = h2.client()
+    feed(client2, GET)
+    assert ct2.take().startswith(b"HTTP/1.1 503 ")
+
+
+@aio
+async def test_redirect_and_fixed_response_are_answered_by_the_proxy():
+    redirect = RedirectAction(protocol="https", port="443", http_code=301)
+    h = Harness(make_ir(SERVERS[:1], final=redirect))
+    client, ct = h.client()
+    feed(client, b"GET /p?q=1 HTTP/1.1\r\nHost: demo.example\r\n\r\n")
+    lines, _ = split_head(ct.take())
+    assert lines[0] == b"HTTP/1.1 301 Moved Permanently"
+    assert b"Location: https://demo.example/p?q=1" in lines
+    fixed = FixedResponseAction(content="maintenance", content_type="text/plain", http_code=503)
+    h = Harness(make_ir(SERVERS[:1], final=fixed))
+    client, ct = h.client()
+    feed(client, GET)
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 503 ") and out.endswith(b"\r\n\r\nmaintenance")
+    assert out.count(b"Content-Length") == 1 and h.connects == []
+
+
+@aio
+async def test_header_actions_and_rewrite_change_the_upstream_request():
+    pre = (
+        InsertHeaderAction("X-Source", "ClientSrcIp", "SystemDefined"),
+        RemoveHeaderAction("X-Drop"),
+        RewriteAction(host="backend.internal", path="/v2${path}"),
+    )
+    h = Harness(make_ir(SERVERS[:1], pre=pre))
+    client, _ = h.client()
+    feed(client, b"GET /x?y=2 HTTP/1.1\r\nHost: demo.example\r\nX-Drop: 1\r\n\r\n")
+    await h.settle()
+    _, ut = h.upstream()
+    lines, _ = split_head(ut.take())
+    assert lines[0] == b"GET /v2/x?y=2 HTTP/1.1"
+    assert b"Host: backend.internal" in lines and b"Host: demo.example" not in lines
+    assert b"X-Source: 127.0.0.9" in lines and b"X-Drop: 1" not in lines
+
+
+@aio
+async def test_traffic_limit_answers_503():
+    h = Harness(make_ir(SERVERS[:1], pre=(TrafficLimitAction(qps=1),)))
+    client, ct = h.client()
+    feed(client, GET)
+    await h.settle()
+    up, _ = h.upstream()
+    feed(up, response(b"first"))
+    assert ct.take().endswith(b"first")
+    feed(client, GET)  # same instant: over one request per second
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 503 ") and b"traffic limit" in out
+
+
+@aio
+async def test_websocket_upgrade_is_tunnelled_after_the_101():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    feed(
+        client,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\nearly",
+    )
+    await h.settle()
+    up, ut = h.upstream()
+    lines, _ = split_head(ut.take())
+    assert b"Upgrade: websocket" in lines and b"Connection: upgrade" in lines
+    feed(
+        up,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: a\r\n\r\nfrom-server",
+    )
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 101 ") and out.endswith(b"\r\n\r\nfrom-server")
+    assert b"Upgrade: websocket" in out
+    assert ut.take() == b"early"
+    feed(client, b"\x81\x05hello")
+    assert ut.take() == b"\x81\x05hello"
+    feed(up, b"\x81\x02hi")
+    assert ct.take() == b"\x81\x02hi"
+    up.connection_lost(None)
+    assert ct.closing and h.ctx.balancer.active(up.key) == 0
+
+
+@aio
+async def test_an_upgrade_refused_by_the_server_is_relayed_then_closed():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    feed(
+        client, b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    await h.settle()
+    up, ut = h.upstream()
+    ut.take()
+    feed(up, response(b"no ws here", "400 Bad Request"))
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in out and ct.closing
+
+
+@aio
+async def test_drain_closes_idle_connections_and_finishes_busy_ones():
+    h = Harness(make_ir(SERVERS[:1]))
+    _idle, it = h.client()
+    busy, bt = h.client(("127.0.0.10", 1))
+    feed(busy, GET)
+    await h.settle()
+    up, _ = h.upstream()
+    h.ctx.start_drain()
+    assert it.closing and not bt.closing
+    feed(up, response(b"last"))
+    out = bt.take()
+    assert out.endswith(b"last") and bt.closing
