@@ -1,0 +1,200 @@
+"""The proxy as real processes on loopback: backends, run_ir (supervisor + workers), clients."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from albingress.ir import to_json
+
+from .conftest import get, ir_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_forwarding_spreads_and_reuses_upstream_connections(backend, proxy):
+    _, p1 = backend("a", "127.0.1.1")
+    _, p2 = backend("b", "127.0.1.2")
+    _, port = proxy(ir_for([[("127.0.1.1", p1), ("127.0.1.2", p2)]]))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    seen: Counter[tuple[str, str]] = Counter()
+    for _ in range(40):
+        status, headers, body = get(port, "/hello", conn)
+        assert status == 200
+        assert body.decode() == headers["x-backend"]
+        seen[(headers["x-backend"], headers["x-conn"])] += 1
+    conn.close()
+    assert {b for b, _ in seen} == {"a", "b"}
+    assert sum(seen.values()) == 40
+    assert len(seen) == 2  # one upstream connection per backend, reused 20 times each
+
+
+def test_forwarded_headers_reach_the_backend(backend, proxy):
+    _, p1 = backend("a", "127.0.1.1")
+    _, port = proxy(ir_for([[("127.0.1.1", p1)]]))
+    status, _, body = get(
+        port, "/headers?x=1", headers={"Host": "demo.example", "Connection": "keep-alive"}
+    )
+    assert status == 200
+    data = json.loads(body)
+    names = {k.lower(): v for k, v in data["headers"]}
+    assert data["target"] == "/headers?x=1"
+    assert names["x-forwarded-for"] == "127.0.0.1"
+    assert names["x-forwarded-host"] == "demo.example"
+    assert names["x-forwarded-proto"] == "http" and names["x-forwarded-port"] == "80"
+    assert "connection" not in names
+
+
+def test_streaming_both_ways(backend, proxy):
+    _, p1 = backend("a", "127.0.1.1")
+    _, port = proxy(ir_for([[("127.0.1.1", p1)]]))
+    payload = os.urandom(1024) * 6 * 1024  # 6 MiB, chunked upload echoed back chunked
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(
+        "POST",
+        "/echo",
+        body=iter([payload[i : i + 65536] for i in range(0, len(payload), 65536)]),
+        encode_chunked=True,
+    )
+    r = conn.getresponse()
+    assert r.status == 200 and r.read() == payload
+    status, headers, body = get(port, "/big?n=20000000", conn)
+    assert status == 200 and len(body) == 20_000_000 and headers["content-length"] == "20000000"
+    conn.close()
+
+
+def test_websocket_upgrade_is_tunnelled(backend, proxy):
+    _, p1 = backend("a", "127.0.1.1")
+    _, port = proxy(ir_for([[("127.0.1.1", p1)]]))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        for word in (b"hello", b"tunnel", b"x" * 100000):
+            s.sendall(word)
+            got = b""
+            while len(got) < len(word):
+                got += s.recv(65536)
+            assert got == word.upper()
+
+
+def _load(port: int, stop: threading.Event, results: list[int], errors: list[str]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    while not stop.is_set():
+        try:
+            status, _, _ = get(port, "/", conn)
+            results.append(status)
+        except Exception as exc:
+            errors.append(repr(exc))
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.close()
+
+
+def _run_load(port: int, seconds: float, action, threads: int = 4) -> tuple[list[int], list[str]]:
+    stop = threading.Event()
+    results: list[int] = []
+    errors: list[str] = []
+    workers = [
+        threading.Thread(target=_load, args=(port, stop, results, errors)) for _ in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(seconds / 3)
+        action()
+        time.sleep(seconds * 2 / 3)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(15)
+    return results, errors
+
+
+def test_a_killed_backend_costs_no_client_request(backend, proxy):
+    b1, p1 = backend("a", "127.0.1.1")
+    _, p2 = backend("b", "127.0.1.2")
+    _, port = proxy(ir_for([[("127.0.1.1", p1), ("127.0.1.2", p2)]]))
+    results, errors = _run_load(port, 3.0, lambda: b1.proc.send_signal(signal.SIGKILL))
+    assert errors == [] and len(results) > 100
+    assert set(results) == {200}
+
+
+def test_a_config_published_under_load_fails_no_request(backend, proxy, tmp_path: Path):
+    _, p1 = backend("a", "127.0.1.1")
+    _, p2 = backend("b", "127.0.1.2")
+    runner, port = proxy(ir_for([[("127.0.1.1", p1)]]), workers=2)
+
+    def publish() -> None:
+        for weights in ([100, 0], [50, 50], [0, 100]):
+            ir = ir_for([[("127.0.1.1", p1)], [("127.0.1.2", p2)]], weights)
+            (tmp_path / "ir.json").write_text(json.dumps(to_json(ir)))
+            runner.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.4)
+
+    results, errors = _run_load(port, 3.0, publish)
+    assert errors == [] and len(results) > 100 and set(results) == {200}
+    for _ in range(5):
+        assert get(port, "/")[1]["x-backend"] == "b"  # the last config is live everywhere
+
+
+def test_sigterm_drains_the_request_in_flight_then_exits_0(backend, proxy):
+    _, p1 = backend("a", "127.0.1.1")
+    runner, port = proxy(ir_for([[("127.0.1.1", p1)]]))
+    got: list[tuple[int, bytes]] = []
+    t = threading.Thread(target=lambda: got.append(get(port, "/slow?s=1.0")[::2]))
+    t.start()
+    time.sleep(0.3)
+    runner.proc.send_signal(signal.SIGTERM)
+    t.join(10)
+    assert got == [(200, b"a slow")]
+    assert runner.proc.wait(10) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_worker_killed_is_restarted_and_the_others_keep_serving(backend, proxy):
+    _, p1 = backend("a", "127.0.1.1")
+    runner, port = proxy(ir_for([[("127.0.1.1", p1)]]), workers=2)
+    pids = runner.info["pids"]
+    assert len(pids) == 2
+    os.kill(pids[0], signal.SIGKILL)
+    for _ in range(50):  # new connections keep being served meanwhile
+        assert get(port, "/")[0] == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = _children(runner.pid)
+        if len(children) == 2 and pids[0] not in children:
+            break
+        time.sleep(0.1)
+    assert len(children) == 2 and pids[1] in children and pids[0] not in children
+    for _ in range(50):
+        assert get(port, "/")[0] == 200
+
+
+def _children(pid: int) -> list[int]:
+    result = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                result.append(int(entry.name))
+    return result
