@@ -271,8 +271,10 @@ async def run_balancer(
     runtime.health = health
     admin = AdminServer(*options.admin)
 
+    first_config_live = asyncio.Event()
+
     async def healthz(_: AdminRequest) -> AdminResponse:
-        live = runtime.version > 0 and supervisor.worker_pids()
+        live = first_config_live.is_set() and supervisor.worker_pids()
         return AdminResponse(200 if live else 503, "text/plain", b"ok\n" if live else b"starting\n")
 
     async def config(_: AdminRequest) -> AdminResponse:
@@ -298,7 +300,10 @@ async def run_balancer(
     runtime.reload()
     await supervisor.start()
     await admin.start()
-    await supervisor.wait_applied(runtime.version)
+    if await supervisor.wait_applied(runtime.version, timeout=30):
+        first_config_live.set()
+    else:
+        log.error("the workers did not take the first config within 30 s")
     tasks = [
         asyncio.create_task(health.run(), name="health-checks"),
         asyncio.create_task(runtime.source.run(mark_changed), name="source"),
