@@ -259,7 +259,7 @@ def print_markdown(fronts: list[Front], args: argparse.Namespace) -> None:
         )
     print(
         f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} rounds interleaved,"
-        f" medians. Machine: {machine()}"
+        f" medians. Machine: {args.machine}"
     )
 
 
@@ -353,6 +353,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.machine = machine()  # before anything runs: the load average is the machine's own
+    print(f"machine: {args.machine}")
     nginx, wrk, envoy = find_nginx(), find_wrk(), find_envoy()
     if not nginx or not wrk:
         print("nginx and wrk are needed: run bench/setup.sh", file=sys.stderr)
