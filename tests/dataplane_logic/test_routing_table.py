@@ -263,7 +263,7 @@ def test_many_hosts() -> None:
 # --------------------------------------------------------------------------- property: index = scan
 
 
-def _reference(rules: list[Rule], host: str, path: str) -> str | None:
+def _reference(rules: list[Rule], host: str, path: str, method: str) -> str | None:
     """A deliberately naive reading of section 4: scan every rule in order."""
     h = host.lower().split(":")[0]
     for r in rules:
@@ -285,7 +285,7 @@ def _reference(rules: list[Rule], host: str, path: str) -> str | None:
                 re.fullmatch(v.replace(".", r"\.").replace("*", ".*").replace("?", "."), path)
                 is not None
             )
-        if ok:
+        if ok and all(method in c.values for c in r.conditions):  # only Method conditions here
             return r.name
     return None
 
@@ -296,7 +296,8 @@ rule_specs = st.tuples(
     st.sampled_from(["", "y.x.com", "y.x.com", "*.x.com"]),
     st.sampled_from([EXACT, PREFIX, IMPL]),
     paths,
-    st.booleans(),
+    st.booleans(),  # ImplementationSpecific: append "/*"
+    st.sampled_from([False, False, True]),  # a Method: POST condition
 )
 
 
@@ -310,22 +311,26 @@ rule_specs = st.tuples(
     specs=st.lists(rule_specs, min_size=1, max_size=40),
     host=st.sampled_from(["x.com", "y.x.com", "z.x.com", "Y.X.com:81", "other.org"]),
     path=st.tuples(paths, st.booleans()).map(lambda t: t[0] + ("/" if t[1] else "")),
+    method=st.sampled_from(["GET", "POST"]),
 )
 def test_table_agrees_with_a_linear_scan(
     linear_max: int,
     merge_max: int,
-    specs: list[tuple[str, PathType, str, bool]],
+    specs: list[tuple[str, PathType, str, bool, bool]],
     host: str,
     path: str,
+    method: str,
 ) -> None:
     rules = []
-    for i, (rhost, ptype, value, star) in enumerate(specs):
+    for i, (rhost, ptype, value, star, post_only) in enumerate(specs):
         if ptype is IMPL and star:
             value = value.rstrip("/") + "/*"
-        rules.append(rule(f"r{i}", host=rhost, path=value, path_type=ptype))
+        conditions = (cond("Method", "POST"),) if post_only else ()
+        rules.append(rule(f"r{i}", host=rhost, path=value, path_type=ptype, conditions=conditions))
     # The thresholds only choose between equivalent structures: the answer must not change.
     with (
         patch.object(routing, "_LINEAR_MAX", linear_max),
         patch.object(routing, "_MERGE_MAX", merge_max),
     ):
-        assert route(rules, host=host, path=path) == _reference(rules, host, path)
+        got = route(rules, host=host, path=path, method=method)
+        assert got == _reference(rules, host, path, method)

@@ -24,7 +24,8 @@ together with the rules that fix none at that depth (``/``, ``*.png``). A lookup
 dict get per segment until a short list remains, so its cost follows the depth at which rules
 differ, not their number. Rules shared by many hosts (hostless, wildcard) are copied into each
 host's index when few, and otherwise indexed once and searched beside it, the best IR index found
-so far bounding each later search.
+so far bounding each later search. Rules after a catch-all (``/`` Prefix, no conditions) in the
+same list can never answer and are dropped, which keeps copied lists short.
 """
 
 from __future__ import annotations
@@ -259,6 +260,7 @@ class _Entry:
     path_ok: Callable[[str], bool]
     checks: tuple[_Check, ...]  # every one must hold; empty = no conditions
     segments: tuple[str, ...]  # leading path segments fixed by the rule's path (see below)
+    catch_all: bool  # matches every request: nothing after it in IR order can be reached
 
 
 def _compile_rule(index: int, rule: Rule) -> _Entry:
@@ -270,7 +272,13 @@ def _compile_rule(index: int, rule: Rule) -> _Entry:
             check = lambda _r: False  # noqa: E731 -- a broken condition never matches
         if check is not None:
             checks.append(check)
-    return _Entry(index, rule, _path_check(rule.path), tuple(checks), _fixed_segments(rule.path))
+    path = rule.path
+    catch_all = not checks and (
+        path is None
+        or (path.type is PathType.PREFIX and not path.value.strip("/"))
+        or (path.type is PathType.IMPLEMENTATION_SPECIFIC and path.value.strip("*") == "")
+    )
+    return _Entry(index, rule, _path_check(path), tuple(checks), _fixed_segments(path), catch_all)
 
 
 # --------------------------------------------------------------------------- path indexes
@@ -283,27 +291,45 @@ def _checks_hold(e: _Entry, args: _Args) -> bool:
     return all(c(req) for c in e.checks)
 
 
+def _reachable(entries: list[_Entry]) -> list[_Entry]:
+    """``entries`` (IR order) cut after the first catch-all: what follows it is unreachable."""
+    for i, e in enumerate(entries):
+        if e.catch_all:
+            return entries[: i + 1]
+    return entries
+
+
 def _ir_order(*groups: Iterable[_Entry]) -> list[_Entry]:
-    return sorted((e for g in groups for e in g), key=lambda e: e.index)
+    return _reachable(sorted((e for g in groups for e in g), key=lambda e: e.index))
 
 
 @dataclass(frozen=True, slots=True)
 class _Node:
     """Rules that may answer a request, in IR order; split on one path segment when many.
 
-    A node at ``depth`` d with ``children`` sends a request on by its d-th path segment to the
-    rules fixing that segment (with the rules that fix none merged in, or searched beside them
-    when too many to copy); other segments go to ``rest``. A node without children is scanned.
+    A node with ``children`` sends a request on by its next path segment to the child holding
+    the rules that fix that segment (with the rules that fix none merged in, or in ``also`` when
+    too many to copy); other segments go to ``rest``. A node without children is scanned.
     """
 
     entries: tuple[_Entry, ...]  # IR order; scanned when ``children`` is None
-    children: dict[str, tuple[_Node, ...]] | None
-    rest: tuple[_Node, ...]  # for a segment no child has, or no segment at all
+    children: dict[str, _Node] | None
+    rest: _Node | None  # for a segment no child has, or no segment at all
+    also: tuple[_Node, ...] = ()  # searched beside this node: shared groups kept apart
 
     def find(self, path: str, start: int, args: _Args, bound: int) -> _Entry | None:
         """The first entry below ``bound`` that matches; ``start``: offset of this segment."""
+        found = self.walk(path, start, args, bound)
+        for other in self.also:
+            better = other.find(path, start, args, bound if found is None else found.index)
+            if better is not None:
+                found = better
+        return found
+
+    def walk(self, path: str, start: int, args: _Args, bound: int) -> _Entry | None:
+        """:meth:`find` without ``also``; a loop down the trie, cheaper than calls."""
         node = self
-        while True:  # down the tree while there is one way to go; a loop is cheaper than calls
+        while True:
             children = node.children
             if children is None:
                 for e in node.entries:
@@ -312,36 +338,27 @@ class _Node:
                     if e.path_ok(path) and (not e.checks or _checks_hold(e, args)):
                         return e
                 return None
-            if start > len(path):
-                nodes = node.rest
+            # Past the end of the path the segment reads "" (its child holds every rule that can
+            # still match: those fixing no more segments; the rest are rejected by path_ok).
+            end = path.find("/", start)
+            if end < 0:
+                child = children.get(path[start:], node.rest)
+                start = len(path) + 1
             else:
-                end = path.find("/", start)
-                if end < 0:
-                    nodes = children.get(path[start:], node.rest)
-                    start = len(path) + 1
-                else:
-                    nodes = children.get(path[start:end], node.rest)
-                    start = end + 1
-            if len(nodes) != 1:
-                return _search(nodes, path, start, args, bound)
-            node = nodes[0]
-
-
-def _search(
-    nodes: tuple[_Node, ...], path: str, start: int, args: _Args, bound: int
-) -> _Entry | None:
-    best = None
-    for node in nodes:
-        found = node.find(path, start, args, bound)
-        if found is not None:
-            best, bound = found, found.index
-    return best
+                child = children.get(path[start:end], node.rest)
+                start = end + 1
+            if child is None:
+                return None
+            if child.also:
+                return child.find(path, start, args, bound)
+            node = child
 
 
 def _node(entries: list[_Entry], depth: int = 0) -> _Node:
     """A node for ``entries`` (IR order) that dispatches on segment ``depth`` if worthwhile."""
+    entries = _reachable(entries)
     if len(entries) <= _LINEAR_MAX:
-        return _Node(tuple(entries), None, ())
+        return _Node(tuple(entries), None, None)
     fixed: dict[str, list[_Entry]] = {}
     anywhere: list[_Entry] = []
     for e in entries:
@@ -350,20 +367,24 @@ def _node(entries: list[_Entry], depth: int = 0) -> _Node:
         else:
             anywhere.append(e)
     if not fixed:  # nothing more to split on
-        return _Node(tuple(entries), None, ())
-    rest = _node(anywhere, depth + 1)
-    children: dict[str, tuple[_Node, ...]] = {}
+        return _Node(tuple(entries), None, None)
+    rest = _node(anywhere, depth + 1) if anywhere else None
+    children: dict[str, _Node] = {}
     for seg, group in fixed.items():
-        if len(anywhere) <= _MERGE_MAX:
-            children[seg] = (_node(_ir_order(group, anywhere), depth + 1),)
+        if rest is None or len(anywhere) <= _MERGE_MAX:
+            children[seg] = _node(_ir_order(group, anywhere), depth + 1)
         else:
-            children[seg] = (_node(group, depth + 1), rest)
-    return _Node(tuple(entries), children, (rest,) if anywhere else ())
+            child = _node(group, depth + 1)
+            children[seg] = _Node(child.entries, child.children, child.rest, (*child.also, rest))
+    return _Node(tuple(entries), children, rest)
 
 
-def _nodes(own: list[_Entry], *shared: tuple[list[_Entry], _Node | None]) -> tuple[_Node, ...]:
-    """The nodes one host searches: its own rules merged with each small shared group, and the
-    prebuilt node of each shared group too big to copy."""
+_EMPTY = _Node((), None, None)
+
+
+def _root(own: list[_Entry], *shared: tuple[list[_Entry], _Node | None]) -> _Node:
+    """The node one host searches: its own rules merged with each small shared group, and the
+    prebuilt node of each shared group too big to copy searched beside."""
     merged = list(own)
     apart = []
     for entries, prebuilt in shared:
@@ -371,8 +392,8 @@ def _nodes(own: list[_Entry], *shared: tuple[list[_Entry], _Node | None]) -> tup
             apart.append(prebuilt)
         else:
             merged.extend(entries)
-    first = (_node(_ir_order(merged)),) if merged else ()
-    return first + tuple(apart)
+    node = _node(_ir_order(merged)) if merged else _EMPTY
+    return _Node(node.entries, node.children, node.rest, (*node.also, *apart))
 
 
 # --------------------------------------------------------------------------- the table
@@ -380,9 +401,9 @@ def _nodes(own: list[_Entry], *shared: tuple[list[_Entry], _Node | None]) -> tup
 
 @dataclass(frozen=True, slots=True)
 class _Listener:
-    exact: dict[str, tuple[_Node, ...]]  # host -> its rules, matching wildcard rules, hostless
-    wildcard: dict[str, tuple[_Node, ...]]  # parent domain of "*.parent" -> those and hostless
-    default: tuple[_Node, ...]  # hostless rules
+    exact: dict[str, _Node]  # host -> its rules, matching wildcard rules, hostless rules
+    wildcard: dict[str, _Node]  # parent domain of "*.parent" -> those and hostless rules
+    default: _Node  # hostless rules
 
 
 def _build_listener(rules: Sequence[Rule]) -> _Listener:
@@ -411,9 +432,9 @@ def _build_listener(rules: Sequence[Rule]) -> _Listener:
         dot = host.find(".")
         wild_group = wild_shared.get(host[dot + 1 :]) if dot > 0 else None
         extra = [any_host] if wild_group is None else [wild_group, any_host]
-        exact_nodes[host] = _nodes(entries, *extra)
-    wild_nodes = {p: _nodes([], group, any_host) for p, group in wild_shared.items()}
-    return _Listener(exact_nodes, wild_nodes, _nodes([], any_host))
+        exact_nodes[host] = _root(entries, *extra)
+    wild_nodes = {p: _root([], group, any_host) for p, group in wild_shared.items()}
+    return _Listener(exact_nodes, wild_nodes, _root([], any_host))
 
 
 class RoutingTable:
@@ -443,18 +464,18 @@ class RoutingTable:
         if listener is None:
             return None
         h = normalize_host(host)
-        nodes = listener.exact.get(h)
-        if nodes is None:
+        node = listener.exact.get(h)
+        if node is None:
             dot = h.find(".")
             if dot > 0:
-                nodes = listener.wildcard.get(h[dot + 1 :])
-            if nodes is None:
-                nodes = listener.default
+                node = listener.wildcard.get(h[dot + 1 :])
+            if node is None:
+                node = listener.default
         args = (h, path, method, query, headers, client_ip)
-        if len(nodes) == 1:
-            found = nodes[0].find(path, 1, args, _NO_INDEX)
+        if node.also:
+            found = node.find(path, 1, args, _NO_INDEX)
         else:
-            found = _search(nodes, path, 1, args, _NO_INDEX)
+            found = node.walk(path, 1, args, _NO_INDEX)
         return None if found is None else found.rule
 
     @property
