@@ -25,7 +25,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PRIVATE_RANGES = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
 LOCAL_RANGES = ("127.0.0.0/8",)
 MAX_SERVERS = 1000
-GROUP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._\-/ ]{1,127}")
 INSTANCE_SERVER_TYPES = ("Ecs", "Eni", "Eci")
 
 
@@ -47,25 +46,63 @@ class NetworkSettings:
         """Build from CIDR strings; raises ValueError naming a malformed one."""
         return cls(_nets(vpc or LOCAL_RANGES), _nets(remote or PRIVATE_RANGES))
 
-    def check_address(self, address: str, remote_enabled: bool) -> str:
-        """A problem with a server address, or "" when it may be used."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return f"{address!r} is not an IP address"
-        if any(ip in net for net in self.vpc_cidrs):
-            return ""
-        if not remote_enabled:
-            return (
-                f"{address} is outside the load balancer's network "
-                f"({', '.join(map(str, self.vpc_cidrs))}); set remoteIpEnabled for a remote server"
-            )
-        if any(ip in net for net in self.remote_cidrs):
-            return ""
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_SHARED_SPACE = ipaddress.ip_network("100.64.0.0/10")
+_NAME_CHARS = re.compile(r"[\w.\-]+")
+
+
+def _within(ip: IPAddress, nets: tuple[Network, ...]) -> bool:
+    return any(ip in net for net in nets if net.version == ip.version)
+
+
+def _is_public(ip: IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED_SPACE:
+        return False
+    return not (ip.is_private or ip.is_loopback)
+
+
+def _show(nets: tuple[Network, ...]) -> str:
+    return ", ".join(map(str, nets))
+
+
+def server_address_problem(
+    ip: IPAddress, group_type: str, remote: bool, network: NetworkSettings
+) -> str | None:
+    """Why a server at ``ip`` may not join a group of ``group_type``, or None when it may.
+
+    The one copy of the hybrid rules, used by the compiler (ServerGroup manifests) and by the API.
+    """
+    if ip.is_unspecified or ip.is_multicast or ip.is_link_local:
+        return f"{ip} cannot be a server address"
+    if _within(ip, network.vpc_cidrs):
+        return None
+    if group_type != "Ip":
         return (
-            f"{address} is not in the remote ranges ({', '.join(map(str, self.remote_cidrs))}); "
-            "public addresses are refused"
+            f"{ip} is outside the load balancer's network ({_show(network.vpc_cidrs)}); "
+            "remote servers go into Ip server groups with RemoteIpEnabled"
         )
+    if not remote:
+        return (
+            f"{ip} is outside the load balancer's network ({_show(network.vpc_cidrs)}); "
+            "set RemoteIpEnabled to attach a remote server"
+        )
+    if _is_public(ip):
+        return f"{ip} is a public address; remote servers must have private addresses"
+    if not _within(ip, network.remote_cidrs):
+        return f"{ip} is outside the remote ranges ({_show(network.remote_cidrs)})"
+    return None
+
+
+def group_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a valid ServerGroupName, or None when it is."""
+    if not isinstance(name, str) or not 2 <= len(name) <= 128:
+        return "ServerGroupName must be 2 to 128 characters long"
+    if not name[0].isalpha():
+        return "ServerGroupName must start with a letter"
+    if not _NAME_CHARS.fullmatch(name):
+        return "ServerGroupName may hold only letters, digits, '.', '_' and '-'"
+    return None
 
 
 def parse_server_group(
@@ -88,12 +125,8 @@ def parse_server_group(
             f"{group_id!r} ends in '*', as the Alibaba documentation masks IDs; accepted as written",
         )
     name = f.string("serverGroupName", "ServerGroup.InvalidName") or group_id
-    if f.has("serverGroupName") and not GROUP_NAME.fullmatch(name):
-        diag.error(
-            "ServerGroup.InvalidName",
-            f.path("serverGroupName"),
-            "serverGroupName: 2-128 characters, starting with a letter",
-        )
+    if f.has("serverGroupName") and (why := group_name_problem(name)):
+        diag.error("ServerGroup.InvalidName", f.path("serverGroupName"), why)
     group_type = f.string("serverGroupType", "ServerGroup.InvalidType") or "Instance"
     if group_type not in ("Instance", "Ip"):
         diag.error(
@@ -277,7 +310,12 @@ def _servers(f: Fields, group_type: str, network: NetworkSettings) -> list[ir.Se
             diag.error(
                 code, s.path("remoteIpEnabled"), "remoteIpEnabled is only for servers of Ip groups"
             )
-        problem = network.check_address(ip_text, remote)
+        try:
+            problem = server_address_problem(
+                ipaddress.ip_address(ip_text), group_type, remote, network
+            )
+        except ValueError:
+            problem = f"{ip_text!r} is not an IP address"
         if problem:
             diag.error("ServerGroup.AddressNotAllowed", s.path("serverIp"), problem)
             continue

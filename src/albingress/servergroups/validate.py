@@ -24,12 +24,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from albingress.model.servergroup import NetworkSettings
+from albingress.model.servergroup import (
+    NetworkSettings,
+    group_name_problem,
+    server_address_problem,
+)
 
 Problem = tuple[str, str, str]  # (ALB error code, field path in the spec, message)
 
 GROUP_ID_RE = re.compile(r"^sgp-[a-z0-9]+$")
-_NAME_CHARS_RE = re.compile(r"^[\w.\-]+$")
 _COOKIE_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,200}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]{1,80}$")
 _GRPC_CODE_RE = re.compile(r"^\d{1,2}(-\d{1,2})?$")
@@ -48,22 +51,6 @@ MAX_SERVERS_PER_GROUP = 1000
 MAX_SERVERS_PER_CALL = 200
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _within(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Sequence[IPNetwork]) -> bool:
-    return any(addr in net for net in nets if net.version == addr.version)
-
-
-_SHARED_SPACE = ipaddress.ip_network("100.64.0.0/10")
-
-
-def _is_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(addr, ipaddress.IPv4Address) and addr in _SHARED_SPACE:
-        return False
-    return not (addr.is_private or addr.is_loopback)
-
-
-# --------------------------------------------------------------------------- value readers
 
 
 class _Reader:
@@ -157,17 +144,6 @@ def _upper(key: str) -> str:
 
 
 # --------------------------------------------------------------------------- group fields
-
-
-def check_group_name(name: Any) -> str | None:
-    """Why ``name`` is not a valid ServerGroupName, or None when it is."""
-    if not isinstance(name, str) or not 2 <= len(name) <= 128:
-        return "ServerGroupName must be 2 to 128 characters long"
-    if not name[0].isalpha():
-        return "ServerGroupName must start with a letter"
-    if not _NAME_CHARS_RE.fullmatch(name):
-        return "ServerGroupName may hold only letters, digits, '.', '_' and '-'"
-    return None
 
 
 def _health_check(r: _Reader, src: Mapping[str, Any], protocol: str) -> dict[str, Any]:
@@ -291,7 +267,7 @@ def normalize_group_spec(
     name = spec.get("serverGroupName")
     if name is None or name == "":
         r.missing("ServerGroupName", "serverGroupName", "ServerGroupName is required")
-    elif (why := check_group_name(name)) is not None:
+    elif (why := group_name_problem(name)) is not None:
         r.bad("ServerGroupName", "serverGroupName", why)
     out["serverGroupName"] = name if isinstance(name, str) else ""
     group_type = r.choice(spec, "serverGroupType", "serverGroupType", GROUP_TYPES, "Instance")
@@ -373,32 +349,6 @@ def duplicate_servers(servers: Sequence[Mapping[str, Any]], field: str) -> list[
     return problems
 
 
-def check_server_address(
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-    group_type: str,
-    remote: bool,
-    settings: NetworkSettings,
-) -> str | None:
-    """Why a server at ``ip`` may not join a group of ``group_type``, or None when it may."""
-    if ip.is_unspecified or ip.is_multicast or ip.is_link_local:
-        return f"{ip} cannot be a server address"
-    if _within(ip, settings.vpc_cidrs):
-        return None
-    if group_type != "Ip":
-        return f"{ip} is outside the load balancer's network ({_nets(settings.vpc_cidrs)}); remote servers go into Ip server groups with RemoteIpEnabled"
-    if not remote:
-        return f"{ip} is outside the load balancer's network ({_nets(settings.vpc_cidrs)}); set RemoteIpEnabled to attach a remote server"
-    if _is_public(ip):
-        return f"{ip} is a public address; remote servers must have private addresses"
-    if not _within(ip, settings.remote_cidrs):
-        return f"{ip} is outside the remote ranges ({_nets(settings.remote_cidrs)})"
-    return None
-
-
-def _nets(nets: Sequence[IPNetwork]) -> str:
-    return ", ".join(str(n) for n in nets)
-
-
 def normalize_server(
     item: Any, group_type: str, settings: NetworkSettings, field: str, *, partial: bool = False
 ) -> tuple[dict[str, Any] | None, list[Problem]]:
@@ -471,7 +421,7 @@ def normalize_server(
             server_ip = str(ip)
             if server_type == "Ip":
                 server_id = server_ip
-            why = check_server_address(ip, group_type, remote, settings)
+            why = server_address_problem(ip, group_type, remote, settings)
             if why is not None:
                 r.bad("ServerIp", field + ".serverIp", f"{field}: {why}")
     if remote and group_type != "Ip":
