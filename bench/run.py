@@ -1,7 +1,8 @@
 """albingress side by side with nginx and Envoy: one command, everything on loopback.
 
     uv run python bench/run.py [--quick] [--duration S] [--connections C] [--rounds N]
-                               [--rules N] [--reload] [--markdown]
+                               [--fronts nginx,envoy,albingress] [--rules N] [--reload]
+                               [--only-scenarios] [--markdown]
 
 Starts two nginx backends (127.0.1.1 and 127.0.1.2, one worker each, a short 200 answer), then
 three fronts with the same rule (host demo.domain.ingress.top, prefix /path, 80/20 over the two
@@ -344,8 +345,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rules", type=int, default=0, help="also compare 10 rules vs N rules")
     p.add_argument("--reload", action="store_true", help="also time a manifest change going live")
     p.add_argument("--only-scenarios", action="store_true", help="skip the three-front comparison")
+    p.add_argument(
+        "--fronts",
+        default="nginx,envoy,albingress",
+        help="comma-separated subset of nginx,envoy,albingress to compare (all three)",
+    )
     p.add_argument("--markdown", action="store_true", help="print a table for RESULTS.md")
     args = p.parse_args(argv)
+    args.fronts = {f.strip().lower() for f in args.fronts.split(",") if f.strip()}
+    unknown = args.fronts - {"nginx", "envoy", "albingress"}
+    if unknown:
+        p.error(f"--fronts: unknown {sorted(unknown)}")
     args.duration = args.duration or (3 if args.quick else 10)
     args.rounds = args.rounds or (2 if args.quick else 3)
     return args
@@ -371,13 +381,14 @@ def main(argv: list[str] | None = None) -> int:
             backends = start_backends(procs, wd, nginx)
             fronts: list[Front] = []
             alb: Albingress | None = None
-            if not args.only_scenarios:
+            compare = not args.only_scenarios
+            if compare and "nginx" in args.fronts:
                 fronts.append(start_nginx_front(procs, wd, nginx, backends))
-                if envoy:
-                    fronts.append(start_envoy(procs, wd, envoy, backends))
-            if serve and (not args.only_scenarios or args.reload):
+            if compare and envoy and "envoy" in args.fronts:
+                fronts.append(start_envoy(procs, wd, envoy, backends))
+            if serve and ((compare and "albingress" in args.fronts) or args.reload):
                 alb = start_albingress(procs, wd, backends)
-                if not args.only_scenarios:
+                if compare and "albingress" in args.fronts:
                     fronts.append(alb.front)
             if fronts:
                 print("checking each front (200s, 80/20 split, 404 elsewhere):")
