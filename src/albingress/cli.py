@@ -91,6 +91,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from albingress import explain
+
+    if bool(args.manifests) == bool(args.admin):
+        raise UsageError("give --manifests DIR or --admin HOST:PORT (one of them)")
+    if args.manifests and not all(Path(p).exists() for p in args.manifests):
+        raise UsageError(f"no such file or directory: {', '.join(args.manifests)}")
+    headers = []
+    for item in args.header or ():
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise UsageError(f"--header {item!r}: expected NAME:VALUE")
+        headers.append((name.strip().encode(), value.strip().encode()))
+    path, _, query = args.path.partition("?")
+    try:
+        table, unhealthy = explain.load(args.manifests, args.admin, _network(args))
+    except OSError as exc:
+        print(
+            f"albingress explain: cannot reach the admin API at {args.admin}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    req = explain.Request(
+        args.host,
+        path or "/",
+        args.method.upper(),
+        query,
+        tuple(headers),
+        args.client_ip,
+        args.listener,
+    )
+    result = explain.explain(table, req, unhealthy)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(explain.render(result), end="")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -165,6 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
     _add_network_flags(p)
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("explain", help="which rule a request hits, its server groups, and why")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("path", metavar="PATH", help="the request path, with an optional ?query")
+    p.add_argument("--manifests", action="append", metavar="PATH", help="compile these manifests")
+    p.add_argument("--admin", metavar="HOST:PORT", help="ask a running load balancer instead")
+    p.add_argument("--method", default="GET")
+    p.add_argument("--header", action="append", metavar="NAME:VALUE")
+    p.add_argument("--client-ip", default="127.0.0.1")
+    p.add_argument("--listener", type=int, default=80, help="ALB listener port (default 80)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    _add_network_flags(p)
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("serve", help="run the load balancer from a directory of manifests")
     p.add_argument(

@@ -231,6 +231,7 @@ class Runtime:
             "reloadedAt": self.reloaded_at,
             "ir": ir.to_json(result.ir) if result else None,
             "failedIngresses": list(result.failed) if result else [],
+            "unhealthy": sorted(self.health.unhealthy()) if self.health else [],
             "diagnostics": [d.to_json() for d in result.diagnostics] if result else [],
         }
 
