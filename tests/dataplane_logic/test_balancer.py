@@ -448,3 +448,33 @@ def test_counts_are_exact_over_whole_cycles(weights: list[int], k: int, sizes: l
     bal, _ = make(groups, action)
     counts = group_counts(picks(bal, action, sum(weights) * k))
     assert counts == {f"g{i}": w * k for i, w in enumerate(weights) if w > 0}
+
+
+# --------------------------------------------------------------------------- more
+
+
+def test_big_equal_weight_group_is_round_robin_over_usable_servers() -> None:
+    big = group("big", servers(200))
+    action = forward(("big", 100))
+    bal, _ = make([big], action)
+    down = frozenset(sorted(keys_of(big))[:50])
+    bal.set_unhealthy(down)
+    counts = Counter(p.key for p in picks(bal, action, 1500))
+    assert set(counts) == keys_of(big) - down
+    assert set(counts.values()) == {10}
+
+
+def test_pick_in_group_for_mirroring() -> None:
+    bal, _ = make(SEED_GROUPS, SEED_ACTION)
+    got = {bal.pick_in_group("svc-coffee", CTX).key for _ in range(4)}  # type: ignore[union-attr]
+    assert got == keys_of(SEED_GROUPS[1])
+    assert bal.pick_in_group("nope", CTX) is None
+    bal.set_unhealthy(keys_of(SEED_GROUPS[1]))
+    assert bal.pick_in_group("svc-coffee", CTX) is None
+
+
+def test_pick_without_cookie_reuses_one_pick_object() -> None:
+    action = forward(("g", 100))
+    bal, _ = make([group("g", servers(1))], action)
+    first, second = bal.pick("r", action, CTX), bal.pick("r", action, CTX)
+    assert first is second and first is not None and first.set_cookie is None

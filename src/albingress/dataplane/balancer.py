@@ -96,29 +96,32 @@ def _swrr(candidates: Sequence[_W]) -> _W:
 
 
 class _ServerState(_Weighted):
-    __slots__ = ("active", "ejected_until", "failures", "healthy", "key", "server", "tag")
+    __slots__ = ("active", "ejected_until", "failures", "healthy", "key", "pick", "server", "tag")
 
-    def __init__(self, key: str, server: Server) -> None:
+    def __init__(self, key: str, server: Server, group: ServerGroup) -> None:
         super().__init__(server.weight)
         self.key = key
         self.server = server
+        self.pick = Pick(group, server, key, None)  # the answer when no cookie is set
         self.tag = _tag(key)
         self.active = 0  # requests in flight (WLC)
         self.failures = 0  # connect failures in a row (passive check)
         self.ejected_until = 0.0  # clock() time until which the passive check keeps it out
         self.healthy = True  # not listed by the active health checks
 
-    def usable(self, now: float, exclude: frozenset[str]) -> bool:
-        return (
-            self.weight > 0
-            and self.healthy
-            and self.ejected_until <= now
-            and self.key not in exclude
-        )
-
 
 class _GroupState:
-    __slots__ = ("_epoch", "_until", "_usable", "group", "ring", "servers", "tag")
+    __slots__ = (
+        "_epoch",
+        "_until",
+        "_usable",
+        "cursor",
+        "equal",
+        "group",
+        "ring",
+        "servers",
+        "tag",
+    )
 
     def __init__(self, group: ServerGroup, servers: list[_ServerState]) -> None:
         self.group = group
@@ -128,6 +131,8 @@ class _GroupState:
         self._usable: list[_ServerState] = []
         self._epoch = -1
         self._until = 0.0
+        self.equal = False  # the usable servers all have the same weight
+        self.cursor = 0  # round robin position when they do (SWRR's own order then)
 
     def usable(self, now: float, epoch: int) -> list[_ServerState]:
         """Usable servers, cached until the balancer's epoch moves or an ejection ends."""
@@ -143,6 +148,7 @@ class _GroupState:
                 continue
             usable.append(s)
         self._usable, self._epoch, self._until = usable, epoch, until
+        self.equal = len({s.weight for s in usable}) <= 1
         return usable
 
     def hash_ring(self) -> tuple[list[int], list[_ServerState]]:
@@ -160,19 +166,30 @@ class _GroupState:
 
 
 class _GroupEntry(_Weighted):
-    __slots__ = ("group_id",)
+    __slots__ = ("group_id", "state", "usable")
 
     def __init__(self, group_id: str, weight: int) -> None:
         super().__init__(weight)
         self.group_id = group_id
+        self.state: _GroupState | None = None  # resolved by _RuleState.resolve
+        self.usable: list[_ServerState] = []  # scratch: this pick's usable servers
 
 
 class _RuleState:
-    __slots__ = ("action", "entries")
+    __slots__ = ("action", "entries", "sticky")
 
     def __init__(self, action: ForwardAction, entries: list[_GroupEntry]) -> None:
         self.action = action
         self.entries = entries
+        self.sticky = action.sticky  # any cookie to read (group or server stickiness)
+
+    def resolve(self, groups: dict[str, _GroupState]) -> None:
+        """Point the entries at the current group states (after each update)."""
+        self.sticky = self.action.sticky
+        for e in self.entries:
+            e.state = groups.get(e.group_id)
+            if e.state is not None and e.state.group.sticky.enabled:
+                self.sticky = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +251,10 @@ class Balancer:
             states = []
             for srv in group.servers:
                 key = server_key(group.id, srv.address, srv.port)
-                st = self._servers.get(key) or _ServerState(key, srv)
+                st = self._servers.get(key) or _ServerState(key, srv, group)
                 st.server, st.weight = srv, srv.weight
+                if st.pick.group != group or st.pick.server != srv:
+                    st.pick = Pick(group, srv, key, None)
                 st.healthy = key not in self._unhealthy
                 states.append(st)
                 servers[key] = st
@@ -254,6 +273,8 @@ class Balancer:
         }
         self._groups, self._servers = groups, servers
         self._rules = {n: s for n, s in self._rules.items() if n in forwarding}
+        for state in self._rules.values():
+            state.resolve(groups)
         self._epoch += 1
 
     def set_unhealthy(self, keys: frozenset[str]) -> None:
@@ -304,51 +325,50 @@ class Balancer:
     def pick(self, rule_name: str, action: ForwardAction, ctx: PickContext) -> Pick | None:
         """The server for one request of ``rule_name``, or None when no server is usable."""
         now = self._clock()
+        epoch = self._epoch
         exclude = ctx.exclude
-        candidates: list[tuple[_GroupEntry, _GroupState, list[_ServerState]]] = []
-        for entry in self._rule_state(rule_name, action).entries:
-            if entry.weight <= 0:
+        state = self._rule_state(rule_name, action)
+        candidates: list[_GroupEntry] = []
+        for entry in state.entries:
+            gs = entry.state
+            if entry.weight <= 0 or gs is None:
                 continue
-            gs = self._groups.get(entry.group_id)
-            if gs is None:
-                continue
-            usable = gs.usable(now, self._epoch)
+            usable = gs.usable(now, epoch)
             if exclude and usable:
                 usable = [s for s in usable if s.key not in exclude]
             if usable:
-                candidates.append((entry, gs, usable))
+                entry.usable = usable
+                candidates.append(entry)
         if not candidates:
             return None
 
-        sticky = _NO_STICKY
-        wall = 0
-        if ctx.sticky_cookie and (
-            action.sticky or any(c[1].group.sticky.enabled for c in candidates)
-        ):
-            sticky = _Sticky.parse(ctx.sticky_cookie)
-            wall = int(self._wall())
+        if not state.sticky and not exclude:  # the common case
+            chosen = candidates[0] if len(candidates) == 1 else _swrr(candidates)
+            assert chosen.state is not None
+            return self._pick_server(chosen.state, chosen.usable, ctx).pick
 
-        chosen = None
+        sticky = _NO_STICKY
+        wall = int(self._wall())
+        if ctx.sticky_cookie and state.sticky:
+            sticky = _Sticky.parse(ctx.sticky_cookie)
+        found = None
         if exclude:  # a retry: another server of the same group if it has one
             tried = {k.partition("|")[0] for k in exclude}
-            chosen = next((c for c in candidates if c[1].group.id in tried), None)
+            found = next((c for c in candidates if c.group_id in tried), None)
         group_pinned = False
-        if chosen is None and action.sticky and sticky.group and sticky.group_expiry > wall:
-            chosen = next((c for c in candidates if c[1].tag == sticky.group), None)
-            group_pinned = chosen is not None
-        if chosen is None:
-            if len(candidates) == 1:
-                chosen = candidates[0]
-            else:
-                best = _swrr([c[0] for c in candidates])
-                chosen = next(c for c in candidates if c[0] is best)
-        _, gs, usable = chosen
-
-        st, server_pinned = self._pick_server(gs, usable, ctx, sticky, wall)
+        if found is None and action.sticky and sticky.group and sticky.group_expiry > wall:
+            found = next((c for c in candidates if c.state and c.state.tag == sticky.group), None)
+            group_pinned = found is not None
+        if found is None:
+            found = candidates[0] if len(candidates) == 1 else _swrr(candidates)
+        gs = found.state
+        assert gs is not None
+        pinned, server_pinned = self._sticky_server(gs, found.usable, sticky, wall)
+        st = self._pick_server(gs, found.usable, ctx) if pinned is None else pinned
         set_cookie = self._cookie(
             action, gs, st, sticky, group_pinned=group_pinned, server_pinned=server_pinned
         )
-        return Pick(gs.group, st.server, st.key, set_cookie)
+        return st.pick if set_cookie is None else Pick(gs.group, st.server, st.key, set_cookie)
 
     def pick_in_group(self, group_id: str, ctx: PickContext) -> Pick | None:
         """A server of one group by its scheduler (for traffic mirroring); None when none."""
@@ -356,10 +376,7 @@ class Balancer:
         if gs is None:
             return None
         usable = [s for s in gs.usable(self._clock(), self._epoch) if s.key not in ctx.exclude]
-        if not usable:
-            return None
-        st, _ = self._pick_server(gs, usable, ctx, _NO_STICKY, 0)
-        return Pick(gs.group, st.server, st.key, None)
+        return self._pick_server(gs, usable, ctx).pick if usable else None
 
     def _rule_state(self, rule_name: str, action: ForwardAction) -> _RuleState:
         state = self._rules.get(rule_name)
@@ -372,37 +389,41 @@ class Balancer:
             for e in entries:
                 e.current = old.get(e.group_id, 0)
         state = _RuleState(action, entries)
+        state.resolve(self._groups)
         self._rules[rule_name] = state
         return state
 
-    def _pick_server(
-        self,
-        gs: _GroupState,
-        usable: list[_ServerState],
-        ctx: PickContext,
-        sticky: _Sticky,
-        wall: int,
-    ) -> tuple[_ServerState, bool]:
-        """A server among ``usable`` (non-empty); True when the sticky cookie chose it."""
+    def _sticky_server(
+        self, gs: _GroupState, usable: list[_ServerState], sticky: _Sticky, wall: int
+    ) -> tuple[_ServerState | None, bool]:
+        """The server the cookie pins inside ``gs`` (group StickySession, type Insert)."""
         cfg = gs.group.sticky
         if cfg.enabled and cfg.type == "Insert" and sticky.server and sticky.server_expiry > wall:
             for s in usable:
                 if s.tag == sticky.server:
                     return s, True
+        return None, False
+
+    def _pick_server(
+        self, gs: _GroupState, usable: list[_ServerState], ctx: PickContext
+    ) -> _ServerState:
+        """A server among ``usable`` (non-empty) by the group's scheduler."""
         if len(usable) == 1:
-            return usable[0], False
+            return usable[0]
         scheduler = gs.group.scheduler
+        if scheduler is Scheduler.WRR:
+            if gs.equal:  # SWRR over equal weights is round robin: O(1) for big groups
+                gs.cursor += 1
+                return usable[gs.cursor % len(usable)]
+            return _swrr(usable)
         if scheduler is Scheduler.WLC:
-            return _least_loaded(usable), False
-        if scheduler in (Scheduler.SCH, Scheduler.UCH):
-            if scheduler is Scheduler.SCH:
-                value = ctx.client_ip
-            else:
-                value = _uch_value(gs.group.uch_key, ctx.path, ctx.query)
-            found = self._ring_pick(gs, value, ctx.exclude)
-            if found is not None:
-                return found, False
-        return _swrr(usable), False
+            return _least_loaded(usable)
+        if scheduler is Scheduler.SCH:
+            value = ctx.client_ip
+        else:
+            value = _uch_value(gs.group.uch_key, ctx.path, ctx.query)
+        found = self._ring_pick(gs, value, ctx.exclude)
+        return _swrr(usable) if found is None else found
 
     def _ring_pick(
         self, gs: _GroupState, value: str, exclude: frozenset[str]
@@ -415,7 +436,7 @@ class Balancer:
         n = len(points)
         for i in range(n):
             s = owners[(start + i) % n]
-            if s.usable(now, exclude):
+            if s.weight > 0 and s.healthy and s.ejected_until <= now and s.key not in exclude:
                 return s
         return None
 
