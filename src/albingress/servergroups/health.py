@@ -24,7 +24,10 @@ A refused connection, a reset, a timeout, or an unparsable status line are failu
 ``healthy_threshold`` checks; we choose the opposite so that a fresh start (or a supervisor
 restart) never black-holes traffic while the first checks run. A server that is down is
 therefore taken out within ``interval x unhealthy_threshold`` (plus one interval for the first
-check to come around), the same bound as for a server that goes down later.
+check to come around), the same bound as for a server that goes down later. (A server that
+hangs rather than refuses adds the check ``timeout`` to that bound: the last failing check has to
+time out first.) Checks run at a fixed rate: each is due one interval after the previous one was
+due, whatever the previous one took.
 
 Cost: checks are scheduled on one heap; each server's first check is spread over its interval by
 a hash of its key (so 1,000 servers do not fire at once), at most ``max_concurrency`` run at a
