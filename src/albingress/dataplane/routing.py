@@ -202,15 +202,17 @@ def _any_pattern(values: Iterable[str], ignore_case: bool) -> Callable[[str], bo
 
 
 def _pairs_check(values: Iterable[str]) -> Callable[[list[tuple[str, str]]], bool]:
-    """``key=value`` alternatives; a value ``*`` (or any pattern) matches by wildcard."""
+    """``key=value`` alternatives, both ALB patterns; an empty key stands for any key."""
     wanted = []
     for v in values:
         key, _, val = v.partition("=")
-        wanted.append((key, compile_pattern(val)))
+        wanted.append((compile_pattern(key or "*"), compile_pattern(val)))
 
     def check(pairs: list[tuple[str, str]]) -> bool:
         return any(
-            k == key and regex.fullmatch(v) is not None for k, v in pairs for key, regex in wanted
+            kre.fullmatch(k) is not None and vre.fullmatch(v) is not None
+            for k, v in pairs
+            for kre, vre in wanted
         )
 
     return check
