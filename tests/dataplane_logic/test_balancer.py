@@ -478,3 +478,47 @@ def test_pick_without_cookie_reuses_one_pick_object() -> None:
     bal, _ = make([group("g", servers(1))], action)
     first, second = bal.pick("r", action, CTX), bal.pick("r", action, CTX)
     assert first is second and first is not None and first.set_cookie is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    weights=st.lists(st.integers(min_value=1, max_value=60), min_size=2, max_size=5),
+    down=st.lists(st.booleans(), min_size=5, max_size=5),
+)
+def test_shares_of_down_groups_go_to_the_others_exactly(
+    weights: list[int], down: list[bool]
+) -> None:
+    groups = [group(f"g{i}", servers(2, net=i + 1)) for i in range(len(weights))]
+    action = forward(*((f"g{i}", w) for i, w in enumerate(weights)))
+    bal, _ = make(groups, action)
+    picks(bal, action, 7)  # any rotation state to start from
+    is_down = down[: len(weights)]
+    bal.set_unhealthy(frozenset().union(*(keys_of(groups[i]) for i, d in enumerate(is_down) if d)))
+    live = {f"g{i}": w for i, w in enumerate(weights) if not is_down[i]}
+    if not live:
+        assert bal.pick("r", action, CTX) is None
+        return
+    # A new set of live groups starts a fresh rotation: every whole cycle is exact at once.
+    assert group_counts(picks(bal, action, 2 * sum(live.values()))) == {
+        g: 2 * w for g, w in live.items()
+    }
+
+
+def test_server_shares_exact_again_after_a_server_returns() -> None:
+    members = servers(3)
+    members = (members[0], replace(members[1], weight=50), replace(members[2], weight=30))
+    action = forward(("g", 100))
+    bal, clock = make([group("g", members)], action)
+    picks(bal, action, 7)
+    bad = server_key("g", "127.0.1.1", 8080)
+    bal.report_failure(bad)
+    assert Counter(p.server.address for p in picks(bal, action, 80)) == {
+        "127.0.1.2": 50,
+        "127.0.1.3": 30,
+    }
+    clock.now += 5
+    assert Counter(p.server.address for p in picks(bal, action, 180)) == {
+        "127.0.1.1": 100,
+        "127.0.1.2": 50,
+        "127.0.1.3": 30,
+    }

@@ -263,6 +263,31 @@ def test_many_hosts() -> None:
     assert route(rules, host="example.com") is None
 
 
+def test_many_hostless_and_wildcard_rules_are_searched_beside_a_host() -> None:
+    # More shared rules than get copied into each host: they are indexed once, searched beside.
+    rules = [rule(f"any{i}", path=f"/any{i}") for i in range(100)]
+    rules.insert(50, rule("a-50", host="a.x.com", path="/any70"))
+    rules += [rule(f"w{i}", host="*.x.com", path=f"/w{i}") for i in range(100)]
+    rules += [rule("a-root", host="a.x.com"), rule("w-root", host="*.x.com")]
+    assert route(rules, host="a.x.com", path="/any7") == "any7"  # hostless, earlier than a-root
+    assert route(rules, host="a.x.com", path="/any70") == "a-50"  # host rule at index 50
+    assert route(rules, host="a.x.com", path="/w99") == "w99"  # wildcard rule before a-root
+    assert route(rules, host="a.x.com", path="/zzz") == "a-root"
+    assert route(rules, host="b.x.com", path="/any99") == "any99"
+    assert route(rules, host="b.x.com", path="/zzz") == "w-root"
+    assert route(rules, host="c.org", path="/zzz") is None
+
+
+def test_rules_after_a_catch_all_never_answer() -> None:
+    rules = [
+        rule("post-root", conditions=(cond("Method", "POST"),)),
+        rule("root"),
+        rule("later", path="/later"),
+    ]
+    assert route(rules, path="/later", method="POST") == "post-root"
+    assert route(rules, path="/later") == "root"
+
+
 # --------------------------------------------------------------------------- property: index = scan
 
 

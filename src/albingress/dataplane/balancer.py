@@ -147,6 +147,9 @@ class _GroupState:
                 until = min(until, s.ejected_until)
                 continue
             usable.append(s)
+        if usable != self._usable:  # a new set: start its rotation afresh, so shares are exact
+            for s in usable:
+                s.current = 0
         self._usable, self._epoch, self._until = usable, epoch, until
         self.equal = len({s.weight for s in usable}) <= 1
         return usable
@@ -176,12 +179,13 @@ class _GroupEntry(_Weighted):
 
 
 class _RuleState:
-    __slots__ = ("action", "entries", "sticky")
+    __slots__ = ("action", "entries", "live", "sticky")
 
     def __init__(self, action: ForwardAction, entries: list[_GroupEntry]) -> None:
         self.action = action
         self.entries = entries
         self.sticky = action.sticky  # any cookie to read (group or server stickiness)
+        self.live = -1  # bit i set: entries[i] was a candidate at the last (non-retry) pick
 
     def resolve(self, groups: dict[str, _GroupState]) -> None:
         """Point the entries at the current group states (after each update)."""
@@ -329,7 +333,8 @@ class Balancer:
         exclude = ctx.exclude
         state = self._rule_state(rule_name, action)
         candidates: list[_GroupEntry] = []
-        for entry in state.entries:
+        live = 0
+        for i, entry in enumerate(state.entries):
             gs = entry.state
             if entry.weight <= 0 or gs is None:
                 continue
@@ -339,8 +344,13 @@ class Balancer:
             if usable:
                 entry.usable = usable
                 candidates.append(entry)
+                live |= 1 << i
         if not candidates:
             return None
+        if live != state.live and not exclude:  # groups came or went: a fresh exact rotation
+            for entry in state.entries:
+                entry.current = 0
+            state.live = live
 
         if not state.sticky and not exclude:  # the common case
             chosen = candidates[0] if len(candidates) == 1 else _swrr(candidates)
@@ -383,12 +393,7 @@ class Balancer:
         if state is not None and (state.action is action or state.action == action):
             state.action = action
             return state
-        entries = [_GroupEntry(g.group_id, g.weight) for g in action.groups]
-        if state is not None:  # the action changed: keep the rotation of groups still there
-            old = {e.group_id: e.current for e in state.entries}
-            for e in entries:
-                e.current = old.get(e.group_id, 0)
-        state = _RuleState(action, entries)
+        state = _RuleState(action, [_GroupEntry(g.group_id, g.weight) for g in action.groups])
         state.resolve(self._groups)
         self._rules[rule_name] = state
         return state
