@@ -2,8 +2,9 @@
 
 Used by ``albingress demo`` and by the end-to-end tests. Each backend answers every request with
 ``200`` and a small JSON body naming itself (``{"server": "tea-1", ...}``), with keep-alive, so a
-client can count which server group each request went to. ``python -m albingress.backends
-NAME=HOST:PORT ...`` runs some in a process of their own until SIGTERM.
+client can count which server group each request went to; ``/healthz`` answers 200 while the
+backend is healthy and 503 when not. ``python -m albingress.backends NAME=HOST:PORT ...`` runs some
+in a process of their own until SIGTERM; SIGUSR1 flips them between healthy and unhealthy.
 """
 
 from __future__ import annotations
@@ -45,10 +46,14 @@ class _Backend(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._server.requests += 1
-        body = json.dumps({"server": self._server.name, "path": self._path.decode("latin-1")})
+        path = self._path.decode("latin-1")
+        status = b"200 OK"
+        if path == "/healthz" and not self._server.healthy:
+            status = b"503 Service Unavailable"
+        body = json.dumps({"server": self._server.name, "path": path})
         payload = body.encode() + b"\n"
         head = (
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
             b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n"
         )
         self._path = b""
@@ -66,6 +71,7 @@ class Backend:
         self.host = host
         self.port = port
         self.requests = 0
+        self.healthy = True  # what /healthz answers
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -100,6 +106,12 @@ async def _main(specs: Sequence[str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def flip() -> None:
+        for b in backends:
+            b.healthy = not b.healthy
+
+    loop.add_signal_handler(signal.SIGUSR1, flip)
     await stop.wait()
     for b in backends:
         await b.stop()
