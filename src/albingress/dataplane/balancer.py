@@ -11,6 +11,9 @@ next to a group of ten servers with weight 50. Two levels, both deterministic:
    weights, rotation per group), WLC (fewest active requests per unit of weight), SCH (consistent
    hash of the client IP) or UCH (consistent hash of a query-string value, or of the URL).
 
+When the set of live groups (or servers) changes, its rotation starts afresh: every whole cycle
+of ``sum(weights)`` picks then gives each exactly its weight.
+
 A server is *usable* when its weight is above 0, the active health checks do not list it, and the
 passive check has not ejected it (one connect failure takes it out 5 s, doubling on each failure
 in a row up to 60 s). Groups without a usable server are left out, so the others share their
@@ -60,7 +63,7 @@ class Pick:
     set_cookie: str | None  # a full Set-Cookie header value to add to the response, or None
 
 
-def _tag(text: str) -> str:
+def _tag(text: str) -> str:  # short and stable across processes, unlike hash()
     return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
@@ -111,17 +114,7 @@ class _ServerState(_Weighted):
 
 
 class _GroupState:
-    __slots__ = (
-        "_epoch",
-        "_until",
-        "_usable",
-        "cursor",
-        "equal",
-        "group",
-        "ring",
-        "servers",
-        "tag",
-    )
+    __slots__ = ("_ep", "_until", "_usable", "cursor", "equal", "group", "ring", "servers", "tag")
 
     def __init__(self, group: ServerGroup, servers: list[_ServerState]) -> None:
         self.group = group
@@ -129,14 +122,14 @@ class _GroupState:
         self.tag = _tag(group.id)
         self.ring: tuple[list[int], list[_ServerState]] | None = None  # built on first hash pick
         self._usable: list[_ServerState] = []
-        self._epoch = -1
+        self._ep = -1  # the balancer epoch _usable was computed at
         self._until = 0.0
         self.equal = False  # the usable servers all have the same weight
         self.cursor = 0  # round robin position when they do (SWRR's own order then)
 
     def usable(self, now: float, epoch: int) -> list[_ServerState]:
         """Usable servers, cached until the balancer's epoch moves or an ejection ends."""
-        if epoch == self._epoch and now < self._until:
+        if epoch == self._ep and now < self._until:
             return self._usable
         until = math.inf
         usable = []
@@ -150,7 +143,7 @@ class _GroupState:
         if usable != self._usable:  # a new set: start its rotation afresh, so shares are exact
             for s in usable:
                 s.current = 0
-        self._usable, self._epoch, self._until = usable, epoch, until
+        self._usable, self._ep, self._until = usable, epoch, until
         self.equal = len({s.weight for s in usable}) <= 1
         return usable
 
@@ -320,7 +313,7 @@ class Balancer:
         st = self._servers.get(key)
         return st is not None and st.ejected_until > self._clock()
 
-    def active(self, key: str) -> int:
+    def active(self, key: str) -> int:  # requests in flight, for WLC and metrics
         st = self._servers.get(key)
         return 0 if st is None else st.active
 
