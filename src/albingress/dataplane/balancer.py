@@ -245,22 +245,24 @@ class Balancer:
         groups: dict[str, _GroupState] = {}
         servers: dict[str, _ServerState] = {}
         for group in ir.server_groups:
+            old = self._groups.get(group.id)
+            if old is not None and (old.group is group or old.group == group):
+                groups[group.id] = old  # unchanged: keep every state as it is
+                servers.update((st.key, st) for st in old.servers)
+                continue
             states = []
             for srv in group.servers:
                 key = server_key(group.id, srv.address, srv.port)
                 st = self._servers.get(key) or _ServerState(key, srv, group)
                 st.server, st.weight = srv, srv.weight
-                if st.pick.group != group or st.pick.server != srv:
-                    st.pick = Pick(group, srv, key, None)
+                st.pick = Pick(group, srv, key, None)
                 st.healthy = key not in self._unhealthy
                 states.append(st)
                 servers[key] = st
-            old = self._groups.get(group.id)
             if old is None:
                 groups[group.id] = _GroupState(group, states)
             else:
-                if old.group != group:
-                    old.group, old.servers, old.ring = group, states, None
+                old.group, old.servers, old.ring = group, states, None
                 groups[group.id] = old
         forwarding = {
             rule.name
