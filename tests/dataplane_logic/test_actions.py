@@ -20,6 +20,8 @@ from albingress.ir import (
     TrafficLimitAction,
 )
 
+from .balancing import FakeClock
+
 # --------------------------------------------------------------------------- redirect
 
 REDIRECT_CASES = [
@@ -219,14 +221,6 @@ def test_rewrite(
 
 
 # --------------------------------------------------------------------------- traffic limit
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def allowed(lim: TrafficLimiter, action: TrafficLimitAction, n: int, ip: str = "127.0.0.1") -> int:
