@@ -8,7 +8,11 @@ atomically. Semantics are those of ``reference/alb-semantics.md`` sections 3 and
 - hosts match case-insensitively without the port; ``*.foo.com`` matches exactly one more label;
 - Exact paths compare whole and case-sensitively; Prefix paths compare element-wise on ``/``;
   ImplementationSpecific paths are ALB patterns with ``*`` and ``?``;
-- condition blocks are ANDed, the values inside one block ORed.
+- condition blocks are ANDed, the values inside one block ORed; every value is an ALB pattern.
+  Host and Header values compare case-insensitively, Path, Cookie and QueryString values (the
+  query percent-decoded) case-sensitively; an empty QueryString key stands for any key; a
+  SourceIp is a CIDR; response-direction conditions are ignored here; an unknown or malformed
+  condition never matches, so its rule is never chosen by mistake.
 
 How a lookup stays cheap whatever the number of rules::
 
@@ -40,10 +44,10 @@ from albingress.ir import IR, Condition, PathMatch, PathType, Rule
 
 __all__ = ["RoutingTable", "compile_pattern", "normalize_host"]
 
-# A _PathIndex with at most this many entries is scanned linearly: cheaper than the dict gets.
+# A _Node with at most this many rules is scanned linearly: cheaper than a trie step.
 _LINEAR_MAX = 8
 
-_NO_INDEX = 1 << 62
+_NO_INDEX = 1 << 62  # a bound above every rule index
 
 # Shared rules (hostless, a wildcard's, those fixing no segment) are copied into each index that
 # needs them when there are at most this many; more are indexed once and searched beside.
