@@ -169,6 +169,20 @@ def children(pid: int) -> list[int]:
     return result
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (nginx or albingress workers)."""
+    return sum(cpu_seconds_of(p) for p in (pid, *children(pid)))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

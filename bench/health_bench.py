@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from _procs import (
     BenchError,
     Processes,
     children,
+    cpu_seconds_of,
     free_port,
     http_get,
     require_loopback,
@@ -154,11 +154,6 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(backends: BackendsProcess, args: argparse.Namespace) -> dict[str, float]:
     """The checker in this process: its CPU time over ``args.duration`` seconds."""
     changes: list[frozenset[str]] = []
@@ -172,14 +167,14 @@ async def measure(backends: BackendsProcess, args: argparse.Namespace) -> dict[s
             cpu_seconds(),
             time.monotonic(),
             checker.checks_done,
-            proc_cpu_seconds(child),
+            cpu_seconds_of(child),
         )
         await asyncio.sleep(args.duration)
         c1, w1, n1, b1 = (
             cpu_seconds(),
             time.monotonic(),
             checker.checks_done,
-            proc_cpu_seconds(child),
+            cpu_seconds_of(child),
         )
     finally:
         task.cancel()
@@ -296,15 +291,15 @@ def measure_serve(
         time.sleep(args.warmup)
         workers = children(proc.pid)
         s0, k0, a0, w0 = (
-            proc_cpu_seconds(proc.pid),
-            sum(proc_cpu_seconds(p) for p in workers),
+            cpu_seconds_of(proc.pid),
+            sum(cpu_seconds_of(p) for p in workers),
             backends.answered(),
             time.monotonic(),
         )
         time.sleep(args.duration)
         s1, k1, a1, w1 = (
-            proc_cpu_seconds(proc.pid),
-            sum(proc_cpu_seconds(p) for p in workers),
+            cpu_seconds_of(proc.pid),
+            sum(cpu_seconds_of(p) for p in workers),
             backends.answered(),
             time.monotonic(),
         )

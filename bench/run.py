@@ -10,7 +10,9 @@ backends, keep-alive upstream pools, one worker each): nginx, Envoy and albingre
 measuring, each front must split about 80/20 over 500 requests (counted by response body) and
 answer 200 to all of them. Then wrk (``-t1 -cC -dS``) drives the fronts in turn, round-robin
 over several rounds; the medians of requests/s, p50 and p99 latency are printed with the ratios
-albingress/nginx and albingress/Envoy. Any wrk error (connect/read/write/timeout, or an HTTP
+albingress/nginx and albingress/Envoy, and, because wrk, the front and the backends share the
+machine's cores, each front's CPU use (its processes and their workers, from /proc) and its
+requests per CPU-second. Any wrk error (connect/read/write/timeout, or an HTTP
 status >= 400) fails the run.
 
 ``--rules N`` compares albingress with 10 rules against albingress with N rules (throughput
@@ -47,6 +49,7 @@ from _procs import (
     free_port_on_all,
     http_get,
     require_loopback,
+    tree_cpu_seconds,
     wait_tcp,
     workdir,
 )
@@ -60,10 +63,22 @@ SPLIT_TOLERANCE_PP = 6.0  # Envoy picks at random: 6 points is > 3 sigma over 50
 class Front:
     name: str
     port: int
+    pid: int  # the front's main process; its workers are found under it
     results: list[WrkResult] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # CPU seconds of the front, per round
 
     def median(self, attr: str) -> float:
         values = [r.rps if attr == "rps" else getattr(r, attr) for r in self.results]
+        return statistics.median(values) if values else 0.0
+
+    def cpu_pct(self) -> float:
+        """Median CPU use of the front's processes during a round, in % of one core."""
+        values = [100 * c / r.duration_s for c, r in zip(self.cpu, self.results, strict=True)]
+        return statistics.median(values) if values else 0.0
+
+    def per_cpu(self) -> float:
+        """Median requests per CPU-second of the front: efficiency, whatever the contention."""
+        values = [r.requests / c for c, r in zip(self.cpu, self.results, strict=True) if c > 0]
         return statistics.median(values) if values else 0.0
 
 
@@ -87,7 +102,7 @@ def start_nginx_front(procs: Processes, wd: Path, nginx: str, backends: fr.Backe
     conf = fr.nginx_front_conf(wd, port, backends)
     proc = procs.start("nginx-front", [nginx, "-p", str(wd), "-c", str(conf), "-e", "stderr"])
     wait_tcp("127.0.0.1", port, proc=proc)
-    return Front("nginx", port)
+    return Front("nginx", port, proc.pid)
 
 
 def start_envoy(procs: Processes, wd: Path, envoy: str, backends: fr.Backends) -> Front:
@@ -96,7 +111,7 @@ def start_envoy(procs: Processes, wd: Path, envoy: str, backends: fr.Backends) -
     argv = [envoy, "-c", str(conf), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"]
     proc = procs.start("envoy", argv)
     wait_tcp("127.0.0.1", port, timeout=30, proc=proc)
-    return Front("envoy", port)
+    return Front("envoy", port, proc.pid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +158,7 @@ def start_albingress(
         except OSError:
             status = 0
         if status == 200:
-            return Albingress(Front(name, port), admin, manifests)
+            return Albingress(Front(name, port, proc.pid), admin, manifests)
         time.sleep(0.05)
     raise BenchError(f"{name} not healthy after 120s:\n{procs.log_tail(proc)}")
 
@@ -197,24 +212,27 @@ def measure(fronts: list[Front], wrk: str, script: Path, args: argparse.Namespac
         run_wrk(wrk, script, **target(f), connections=args.connections, duration=1)
     for rnd in range(1, args.rounds + 1):
         for f in fronts:
+            cpu0 = tree_cpu_seconds(f.pid)
             r = run_wrk(
                 wrk, script, **target(f), connections=args.connections, duration=args.duration
             )
+            cpu = tree_cpu_seconds(f.pid) - cpu0
             if r.failed:
                 raise BenchError(f"{f.name}: wrk saw errors {r.errors} in round {rnd}")
             f.results.append(r)
+            f.cpu.append(cpu)
             print(
                 f"  round {rnd} {f.name:16} {r.rps:10.0f} req/s  p50 {r.p50_ms:6.2f} ms"
-                f"  p99 {r.p99_ms:6.2f} ms"
+                f"  p99 {r.p99_ms:6.2f} ms  CPU {100 * cpu / r.duration_s:5.1f}%"
             )
 
 
 def print_table(fronts: list[Front]) -> None:
     print()
-    print(f"{'front':18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'front':18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU %':>8}{'req/CPU-s':>11}")
     for f in fronts:
         rps, p50, p99 = f.median("rps"), f.median("p50_ms"), f.median("p99_ms")
-        print(f"{f.name:18}{rps:10.0f}{p50:9.2f}{p99:9.2f}")
+        print(f"{f.name:18}{rps:10.0f}{p50:9.2f}{p99:9.2f}{f.cpu_pct():8.0f}{f.per_cpu():11.0f}")
     by = {f.name: f for f in fronts}
     alb = by.get("albingress")
     if alb is None:
@@ -229,6 +247,7 @@ def print_table(fronts: list[Front]) -> None:
             print(
                 f"albingress/{other:6} req/s {alb.median('rps') / o.median('rps'):5.2f}x"
                 f"   p99 {alb.median('p99_ms') / o.median('p99_ms'):5.2f}x"
+                f"   req/CPU-s {alb.per_cpu() / o.per_cpu():5.2f}x"
             )
 
 
@@ -252,11 +271,14 @@ def machine() -> str:
 
 
 def print_markdown(fronts: list[Front], args: argparse.Namespace) -> None:
-    print("\n| front | req/s | p50 ms | p99 ms |\n|---|---:|---:|---:|")
+    print(
+        "\n| front | req/s | p50 ms | p99 ms | front CPU % | req per CPU-s |"
+        "\n|---|---:|---:|---:|---:|---:|"
+    )
     for f in fronts:
         print(
             f"| {f.name} | {f.median('rps'):.0f} | {f.median('p50_ms'):.2f}"
-            f" | {f.median('p99_ms'):.2f} |"
+            f" | {f.median('p99_ms'):.2f} | {f.cpu_pct():.0f} | {f.per_cpu():.0f} |"
         )
     print(
         f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} rounds interleaved,"
