@@ -325,3 +325,12 @@ def test_server_shares_exact_again_after_a_server_returns() -> None:
         "127.0.1.2": 50,
         "127.0.1.3": 30,
     }
+
+
+@pytest.mark.parametrize("n", [2, 3, 50], ids=["2 servers", "3 servers", "50 servers"])
+def test_equal_weights_rotate_in_server_order_from_the_first(n: int) -> None:
+    members = servers(n)
+    action = forward(("g", 100))
+    bal, _ = make([group("g", members)], action)
+    got = [p.server.address for p in picks(bal, action, 2 * n)]
+    assert got == [s.address for s in members] * 2

@@ -143,6 +143,7 @@ class _GroupState:
         if usable != self._usable:  # a new set: start its rotation afresh, so shares are exact
             for s in usable:
                 s.current = 0
+            self.cursor = 0
         self._usable, self._ep, self._until = usable, epoch, until
         self.equal = len({s.weight for s in usable}) <= 1
         return usable
@@ -412,9 +413,10 @@ class Balancer:
             return usable[0]
         scheduler = gs.group.scheduler
         if scheduler is Scheduler.WRR:
-            if gs.equal:  # SWRR over equal weights is round robin: O(1) for big groups
-                gs.cursor += 1
-                return usable[gs.cursor % len(usable)]
+            if gs.equal:  # SWRR over equal weights is round robin in list order: O(1)
+                i = gs.cursor % len(usable)
+                gs.cursor = i + 1
+                return usable[i]
             return _swrr(usable)
         if scheduler is Scheduler.WLC:
             return _least_loaded(usable)
