@@ -29,6 +29,7 @@ from typing import cast
 
 import httptools
 
+from albingress.dataplane.balancer import PickContext
 from albingress.dataplane.context import WorkerContext
 from albingress.dataplane.exchange import Exchange
 from albingress.dataplane.flow import PEER_FULL, QUEUED, TUNNEL_PEER_FULL, FlowControl
@@ -88,6 +89,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.pumping = False
         self.idle_since: float | None = None
+        self.last_pick_context: PickContext | None = None  # reused while path and query repeat
         # the request head being parsed
         self.in_head = False
         self.head_fed = 0

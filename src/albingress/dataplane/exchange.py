@@ -206,10 +206,21 @@ class Exchange:
         assert rule is not None
         action = rule.actions[-1]
         assert isinstance(action, ForwardAction)
+        client = self.client
         sticky = _sticky_value(self.cookie) if self.cookie else None
-        pctx = PickContext(
-            self.client.client_ip, self.path, self.query, sticky, frozenset(self.tried)
-        )
+        pctx = client.last_pick_context
+        if (
+            self.tried
+            or pctx is None
+            or pctx.path != self.path
+            or pctx.query != self.query
+            or pctx.sticky_cookie != sticky
+        ):  # a PickContext is costly to build: a keep-alive client reuses its last one
+            pctx = PickContext(
+                client.client_ip, self.path, self.query, sticky, frozenset(self.tried)
+            )
+            if not self.tried:
+                client.last_pick_context = pctx
         pick = ctx.balancer.pick(rule.name, action, pctx)
         if pick is None:
             if self.tried:

@@ -19,11 +19,27 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from albingress.dataplane.flow import PEER_FULL, TUNNEL_PEER_FULL, FlowControl
-from albingress.dataplane.wire import plain_response
+from albingress.dataplane.wire import plain_head
 
 if TYPE_CHECKING:
     from albingress.dataplane.context import WorkerContext
     from albingress.dataplane.exchange import Exchange
+
+
+class _Validator:
+    """Callbacks of the validating parser: how many messages began, whether one ended."""
+
+    __slots__ = ("begun", "done")
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.done = False
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_message_complete(self) -> None:
+        self.done = True
 
 
 class UnexpectedUpgrade(Exception):
@@ -39,6 +55,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.validator = _Validator()
+        self.checker = httptools.HttpResponseParser(self.validator)  # no per-header callbacks
         self.exchange: Exchange | None = None
         self.status = 0
         self.reason = b""
@@ -73,9 +91,9 @@ class UpstreamConnection(asyncio.Protocol):
             ex.tunnel_to_client(data)
             return
         self.got_bytes = True
-        if self.fresh and ex.plain:
-            out = plain_response(data)
-            if out is not None:  # the common case: relayed as it came, no parser involved
+        if self.fresh and ex.plain and data[:9] == b"HTTP/1.1 " and data[9:10] in b"2345":
+            out = self._plain(data)
+            if out is not None:  # the common case: relayed as it came
                 self.exchange = None
                 self.pool.put(self)
                 ex.relay_plain(out)
@@ -100,6 +118,24 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish(ex)
         else:
             ex.flush()
+
+    def _plain(self, data: bytes) -> bytes | None:
+        """``data`` for the client if it is exactly one complete final response that needs no
+        rewriting. llhttp validates it with no per-header callback; on any doubt the full parser
+        takes the same bytes from the start."""
+        v = self.validator
+        v.begun = 0
+        v.done = False
+        try:
+            self.checker.feed_data(data)
+        except httptools.HttpParserError:
+            ok = False
+        else:
+            ok = v.done and v.begun == 1
+        if not ok:
+            self.checker = httptools.HttpResponseParser(v)
+            return None
+        return plain_head(data)
 
     def _malformed(self, ex: Exchange, reason: str) -> None:
         self.reusable = False
