@@ -127,6 +127,11 @@ def test_connect_port_replaces_the_server_port() -> None:
             id="method, path and host",
         ),
         pytest.param({"method": "POST"}, b"Content-Length: 0\r\n", id="POST has an empty body"),
+        pytest.param(
+            {"path": "/a b\r\nX-Injected: 1", "host": "h.test\r\nX-Other: 2"},
+            b"HEAD /a%20bX-Injected:%201 HTTP/1.0\r\nHost: h.testX-Other: 2\r\n",
+            id="control characters never start a header line",
+        ),
     ],
 )
 def test_request_bytes(kw: dict[str, str], expected: bytes) -> None:
@@ -143,3 +148,11 @@ def test_connect_only_protocols_send_nothing(protocol: str) -> None:
     hc = HealthChecker(lambda _: None)
     hc.update(ir(group("g", check(protocol=protocol), [("127.0.2.1", 80)])))
     assert hc._targets[server_key("g", "127.0.2.1", 80)].request is None
+
+
+def test_ipv6_host_header_is_bracketed() -> None:
+    hc = HealthChecker(lambda _: None)
+    hc.update(ir(group("g", check(), [("::1", 8080)])))
+    request = hc._targets[server_key("g", "::1", 8080)].request
+    assert request is not None
+    assert b"Host: [::1]\r\n" in request

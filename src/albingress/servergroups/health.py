@@ -128,16 +128,22 @@ class _Target:
         return False
 
 
+def _clean(text: str) -> str:
+    """``text`` without control characters: a check's settings can never add a header line."""
+    return "".join(ch for ch in text if ch >= " " and ch != "\x7f").strip()
+
+
 def _build_request(probe: _Probe) -> bytes | None:
     """The bytes an HTTP(S) check sends; None for a connect-only check (TCP, gRPC)."""
     hc = probe.check
     if hc.protocol.upper() not in ("HTTP", "HTTPS"):
         return None
-    host = hc.host or probe.address
-    method = hc.method.upper() or "HEAD"
+    host = _clean(hc.host) or (f"[{probe.address}]" if ":" in probe.address else probe.address)
+    method = _clean(hc.method.upper()) or "HEAD"
+    path = _clean(hc.path).replace(" ", "%20") or "/"
     extra = "Content-Length: 0\r\n" if method == "POST" else ""
     return (
-        f"{method} {hc.path or '/'} HTTP/1.0\r\nHost: {host}\r\n"
+        f"{method} {path} HTTP/1.0\r\nHost: {host}\r\n"
         f"User-Agent: albingress-health-check\r\nAccept: */*\r\n{extra}Connection: close\r\n\r\n"
     ).encode("latin-1", "replace")
 
