@@ -251,6 +251,30 @@ def print_table(fronts: list[Front]) -> None:
             )
 
 
+def save_json(path: Path, fronts: list[Front], args: argparse.Namespace) -> None:
+    """Every round's figures, for scripts: ``bench/out/run-*/results.json``."""
+    data = {
+        "machine": args.machine,
+        "wrk": {"connections": args.connections, "duration": args.duration, "rounds": args.rounds},
+        "fronts": {
+            f.name: {
+                "rps": f.median("rps"),
+                "p50_ms": f.median("p50_ms"),
+                "p99_ms": f.median("p99_ms"),
+                "cpu_pct": f.cpu_pct(),
+                "requests_per_cpu_second": f.per_cpu(),
+                "rounds": [
+                    {"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "cpu_s": c}
+                    for r, c in zip(f.results, f.cpu, strict=True)
+                ],
+            }
+            for f in fronts
+        },
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"figures saved in {path}")
+
+
 def machine() -> str:
     model = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -419,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                     check_404(f)
                 measure(fronts, wrk, script, args)
                 print_table(fronts)
+                save_json(wd / "results.json", fronts, args)
                 if args.markdown:
                     print_markdown(fronts, args)
             if serve and args.rules:
