@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.add_parser(sub)
     sgcli.add_parser(sub)
+    from albingress import controller
+
+    controller.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,199 @@
+"""Objects and processes for the Kubernetes-mode tests: manifests as dicts, a running controller.
+
+The controller is a real ``python -m albingress controller`` process reading a kubeconfig that
+points at the emulator (:mod:`tests.kubernetes.apiserver`) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.harness import ROOT, free_port, wait_until
+
+CONTROLLER = "ingress.k8s.alibabacloud/alb"
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "emu",
+                "contexts": [
+                    {
+                        "name": "emu",
+                        "context": {"cluster": "emu", "user": "u", "namespace": "albingress"},
+                    }
+                ],
+                "clusters": [{"name": "emu", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "test-token"}}],
+            }
+        )
+    )
+    return path
+
+
+def ingress_class(name: str = "alb", controller: str = CONTROLLER, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {"name": name},
+        "spec": {"controller": controller, **spec},
+    }
+
+
+def service(name: str, ns: str = "default", port: int = 80, target: int = 8080) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"ports": [{"port": port, "targetPort": target, "protocol": "TCP"}]},
+    }
+
+
+def endpoint_slice(
+    service_name: str, addresses: list[str], port: int, ns: str = "default", suffix: str = "a"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service_name}-{suffix}",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"port": port, "protocol": "TCP", "name": ""}],
+        "endpoints": [
+            {"addresses": [a], "conditions": {"ready": True}, "targetRef": {"name": f"pod-{a}"}}
+            for a in addresses
+        ],
+    }
+
+
+def ingress(
+    name: str,
+    host: str,
+    backend: str,
+    ns: str = "default",
+    path: str = "/",
+    port: int = 80,
+    cls: str | None = "alb",
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "rules": [
+            {
+                "host": host,
+                "http": {
+                    "paths": [
+                        {
+                            "path": path,
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": backend, "port": {"number": port}}},
+                        }
+                    ]
+                },
+            }
+        ]
+    }
+    if cls is not None:
+        spec["ingressClassName"] = cls
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}},
+        "spec": spec,
+    }
+
+
+class Controller:
+    """``albingress controller`` against the emulator, on free loopback ports."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        server: str,
+        identity: str = "c1",
+        workers: int = 1,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.workdir = workdir
+        self.kubeconfig = kubeconfig(workdir / f"kubeconfig-{identity}", server)
+        self.port = free_port()
+        self.admin = free_port()
+        self.identity = identity
+        self.workers = workers
+        self.extra = extra
+        self.log = workdir / f"controller-{identity}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> None:
+        cmd = [
+            sys.executable, "-m", "albingress", "controller", "--kubeconfig", str(self.kubeconfig),
+            "--listen", f"80=127.0.0.1:{self.port}", "--listen", f"443=127.0.0.1:{free_port()}",
+            "--admin", f"127.0.0.1:{self.admin}", "--state", str(self.workdir / "state" / "x"),
+            "--workers", str(self.workers), "--vpc-cidr", "127.0.0.0/8",
+            "--identity", self.identity, "--lease-duration", "2", "--renew-period", "0.3",
+            "--retry-period", "0.2", "--status-interval", "0.5",
+            "--publish-address", "127.0.0.1", *self.extra,
+        ]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        if wait:
+            wait_until(
+                lambda: self.admin_get("/healthz")[0] == 200, 30, "the controller to be healthy"
+            )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def admin_get(self, path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def info(self) -> dict[str, Any]:
+        status, body = self.admin_get("/api/v1/kubernetes")
+        assert status == 200, body
+        data: dict[str, Any] = json.loads(body)
+        return data
+
+    def get(self, host: str, path: str = "/", port: int | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=5)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def server_of(self, host: str, path: str = "/") -> str:
+        status, body = self.get(host, path)
+        return str(json.loads(body)["server"]) if status == 200 else f"HTTP {status}"
+
+    def wait_server(self, host: str, want: str, path: str = "/", timeout: float = 10) -> None:
+        wait_until(lambda: self.server_of(host, path) == want, timeout, f"{host}{path} -> {want}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
