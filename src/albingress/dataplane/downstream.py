@@ -73,6 +73,8 @@ class ClientConnection(asyncio.Protocol):
             scheme.encode(),
             listener_port,
         )
+        self.forwarded_end = self.forwarded_const + b"\r\n"
+        self.xff_line = b""
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
@@ -107,6 +109,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client_ip, self.client_port = str(peer[0]), int(peer[1])
         self.ip_bytes = self.client_ip.encode()
+        self.xff_line = b"X-Forwarded-For: " + self.ip_bytes + b"\r\n"
         ctx.connections.add(self)
         s = ctx.settings
         if len(ctx.connections) > s.max_connections or ctx.draining:
@@ -144,7 +147,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             if self.in_head and self.head_fed > self.ctx.settings.max_header_bytes:
                 self._reject(431, "request header fields too large")
-        self._pump()
+        if self.current is None or self.queue or self.error or self.stopped:
+            self._pump()
 
     def eof_received(self) -> bool | None:
         self.stopped = True
@@ -333,9 +337,12 @@ class ClientConnection(asyncio.Protocol):
         if ex.close_after or self.ctx.draining:
             self.close()
             return
-        if not self.queue:
+        if self.queue or self.error or self.stopped:
+            self._pump()
+        else:
             self._set_idle(True)
-        self._pump()
+            if self.flow.reasons & QUEUED:
+                self.flow.resume(QUEUED)
 
     def _upgraded(self, rest: bytes) -> None:
         """The parser saw an Upgrade request; what follows belongs to the tunnel."""

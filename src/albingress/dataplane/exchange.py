@@ -89,6 +89,10 @@ class Exchange:
     reused = False
     connect_task: asyncio.Task[None] | None = None
     upstream: UpstreamConnection | None = None
+    tried: frozenset[str] = frozenset()  # server keys that refused this request
+    body_buf: list[bytes] | None = None  # request body read while no server is attached
+    tunnel_buf: list[bytes] | None = None  # bytes after an Upgrade request, before the 101
+    out: list[bytes] | None = None  # response bytes for the client, flushed once per read
     body_buf_size = 0
     body_sent = False
     req_done = False
@@ -116,10 +120,6 @@ class Exchange:
         self.query = query
         self.raw_headers = raw_headers  # as received: what rules match
         self.headers = headers  # to forward: hop-by-hop and X-Forwarded-* removed
-        self.tried: set[str] = set()
-        self.body_buf: list[bytes] = []
-        self.tunnel_buf: list[bytes] = []
-        self.out: list[bytes] = []
 
     # ----------------------------------------------------------------- the rule's actions
 
@@ -216,9 +216,7 @@ class Exchange:
             or pctx.query != self.query
             or pctx.sticky_cookie != sticky
         ):  # a PickContext is costly to build: a keep-alive client reuses its last one
-            pctx = PickContext(
-                client.client_ip, self.path, self.query, sticky, frozenset(self.tried)
-            )
+            pctx = PickContext(client.client_ip, self.path, self.query, sticky, self.tried)
             if not self.tried:
                 client.last_pick_context = pctx
         pick = ctx.balancer.pick(rule.name, action, pctx)
@@ -262,7 +260,7 @@ class Exchange:
         balancer.release(pick.key)
         balancer.report_failure(pick.key)
         self.pick = None
-        self.tried.add(pick.key)
+        self.tried = self.tried | {pick.key}
         if self.attempts <= self.client.ctx.settings.max_retries:
             self.forward()
         else:
@@ -288,25 +286,30 @@ class Exchange:
         parts = [self.method.encode(), b" ", self.target, b" HTTP/1.1\r\n"]
         for name, value in self.headers:
             parts += (name, b": ", value, CRLF)
-        parts.append(b"X-Forwarded-For: ")
-        parts.append(self.xff + b", " + client.ip_bytes if self.xff else client.ip_bytes)
-        parts.append(CRLF)
+        if self.xff:
+            parts += (b"X-Forwarded-For: ", self.xff, b", ", client.ip_bytes, CRLF)
+        else:
+            parts.append(client.xff_line)
         if self.host:
             parts += (b"X-Forwarded-Host: ", self.host, CRLF)
-        parts.append(client.forwarded_const)
-        if self.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if self.upgrade:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, CRLF)
-        parts.append(CRLF)
+        if self.chunked or self.upgrade:
+            parts.append(client.forwarded_const)
+            if self.chunked:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            if self.upgrade:
+                parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, CRLF)
+            parts.append(CRLF)
+        else:
+            parts.append(client.forwarded_end)
         if self.body_buf:
             parts += self.body_buf
             self.body_sent = True
-            self.body_buf = []
+            self.body_buf = None
             self.body_buf_size = 0
         if conn.transport is not None:
             conn.transport.write(b"".join(parts))
-        client.flow_resume(BUFFERING)
+        if client.flow.reasons & BUFFERING:
+            client.flow_resume(BUFFERING)
 
     def body(self, data: bytes) -> None:
         """A piece of the request body (decoded when chunked)."""
@@ -318,6 +321,8 @@ class Exchange:
             conn.write(piece)
             self.body_sent = True
         else:
+            if self.body_buf is None:
+                self.body_buf = []
             self.body_buf.append(piece)
             self.body_buf_size += len(piece)
             if self.body_buf_size > self.client.ctx.settings.body_buffer_limit:
@@ -329,7 +334,7 @@ class Exchange:
             if self.upstream is not None:
                 self.upstream.write(LAST_CHUNK)
             else:
-                self.body_buf.append(LAST_CHUNK)
+                self.body_buf = [*(self.body_buf or ()), LAST_CHUNK]
         self.maybe_done()
 
     def request_broken(self) -> None:
@@ -355,7 +360,7 @@ class Exchange:
             if name.lower() not in HOP_BY_HOP:
                 parts += (name, b": ", value, CRLF)
         parts.append(CRLF)
-        self.out.append(b"".join(parts))
+        self._emit(b"".join(parts))
 
     def response_head(self, conn: UpstreamConnection) -> None:
         status = conn.status
@@ -402,7 +407,7 @@ class Exchange:
         close = not self.keep_alive or self.client.ctx.draining or self.close_after
         if status == 101:
             parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, CRLF, CRLF)
-            self.out.append(b"".join(parts))
+            self._emit(b"".join(parts))
             return
         if self.upgrade:
             close = True  # the client's parser already switched: no further requests
@@ -423,7 +428,7 @@ class Exchange:
             parts.append(b"Connection: keep-alive\r\n\r\n")
         else:
             parts.append(CRLF)
-        self.out.append(b"".join(parts))
+        self._emit(b"".join(parts))
 
     def relay_plain(self, data: bytes) -> None:
         """The whole response, as the server sent it (see ``wire.plain_response``)."""
@@ -438,18 +443,25 @@ class Exchange:
         self.maybe_done()
 
     def response_body(self, data: bytes) -> None:
-        self.out.append(chunk(data) if self.resp_chunked else data)
+        self._emit(chunk(data) if self.resp_chunked else data)
 
     def flush(self) -> None:
         out = self.out
         if out:
-            self.out = []
+            self.out = None
             self.client.write_many(out)
+
+    def _emit(self, data: bytes) -> None:
+        out = self.out
+        if out is None:
+            self.out = [data]
+        else:
+            out.append(data)
 
     def response_complete(self) -> None:
         self.upstream = None
         if self.resp_chunked:
-            self.out.append(LAST_CHUNK)
+            self._emit(LAST_CHUNK)
         self.flush()
         self.resp_done = True
         if not self.req_done:
@@ -489,7 +501,7 @@ class Exchange:
             self.pick = None
             if not self.reused:
                 ctx.balancer.report_failure(pick.key)
-                self.tried.add(pick.key)
+                self.tried = self.tried | {pick.key}
         if retry:
             self.forward()
         else:
@@ -544,9 +556,7 @@ class Exchange:
             or bool(self.upgrade)
             or self.close_after
         )
-        self.out.append(
-            simple_response(code, body, close=close, extra=extra, head_only=self.head_only)
-        )
+        self._emit(simple_response(code, body, close=close, extra=extra, head_only=self.head_only))
         self.flush()
         self.resp_started = self.resp_done = True
         self.close_after = close
@@ -566,6 +576,8 @@ class Exchange:
         if conn is not None and conn.tunnel:
             conn.write(data)
         else:
+            if self.tunnel_buf is None:
+                self.tunnel_buf = []
             self.tunnel_buf.append(data)
             self.client.flow_pause(BUFFERING)
 
@@ -581,7 +593,7 @@ class Exchange:
             self.client.write(rest)
         if self.tunnel_buf:
             conn.write(b"".join(self.tunnel_buf))
-            self.tunnel_buf = []
+            self.tunnel_buf = None
         self.client.start_tunnel(self)
 
     # ----------------------------------------------------------------- the end

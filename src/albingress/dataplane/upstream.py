@@ -276,8 +276,9 @@ class Pool:
             conn.close()
             return
         conn.idle_since = self.ctx.clock()
-        if conn.flow is not None:
-            conn.flow.resume(PEER_FULL | TUNNEL_PEER_FULL)
+        flow = conn.flow
+        if flow is not None and flow.reasons:
+            flow.resume(PEER_FULL | TUNNEL_PEER_FULL)
         conns.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
