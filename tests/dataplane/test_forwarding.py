@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from albingress.dataplane.settings import ProxySettings
+from albingress.diagnostics import ConfigError
 
 from .harness import Harness, aio, feed, make_ir, response, split_head
 
@@ -148,8 +149,9 @@ async def test_response_framing_without_length(
     assert ct.closing == expect_close
 
 
+@BYTEWISE
 @aio
-async def test_expect_100_continue_passes_the_servers_interim_answer():
+async def test_expect_100_continue_passes_the_servers_interim_answer(bytewise: bool):
     h = Harness(make_ir(SERVERS[:1]))
     client, ct = h.client()
     feed(
@@ -159,18 +161,19 @@ async def test_expect_100_continue_passes_the_servers_interim_answer():
     await h.settle()
     up, ut = h.upstream()
     assert b"Expect: 100-continue" in ut.take()
-    feed(up, b"HTTP/1.1 100 Continue\r\n\r\n")
+    feed(up, b"HTTP/1.1 100 Continue\r\n\r\n", bytewise=bytewise)
     assert ct.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
-    feed(client, b"hello")
+    feed(client, b"hello", bytewise=bytewise)
     assert ut.take() == b"hello"
-    feed(up, response(b"stored", "201 Created"))
+    feed(up, response(b"stored", "201 Created"), bytewise=bytewise)
     out = ct.take()
     assert out.startswith(b"HTTP/1.1 201 Created") and out.endswith(b"stored")
     assert not ct.closing
 
 
+@BYTEWISE
 @aio
-async def test_head_and_204_and_304_have_no_body_and_keep_the_connection():
+async def test_head_and_204_and_304_have_no_body_and_keep_the_connection(bytewise: bool):
     h = Harness(make_ir(SERVERS[:1]))
     client, ct = h.client()
     cases = [
@@ -180,11 +183,11 @@ async def test_head_and_204_and_304_have_no_body_and_keep_the_connection():
         (b"HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
     ]
     for method, resp in cases:
-        feed(client, method + b" / HTTP/1.1\r\nHost: a\r\n\r\n")
+        feed(client, method + b" / HTTP/1.1\r\nHost: a\r\n\r\n", bytewise=bytewise)
         await h.settle()
         up, ut = h.upstream()
         ut.take()
-        feed(up, resp)
+        feed(up, resp, bytewise=bytewise)
         out = ct.take()
         assert out.endswith(b"\r\n\r\n") and b"Transfer-Encoding" not in out, out
         if method == b"HEAD" and b"1000" in resp:
@@ -257,3 +260,41 @@ async def test_http10_client_without_keep_alive_gets_connection_close():
     feed(up, response(b"old"))
     out = ct.take()
     assert b"Connection: close" in out and out.endswith(b"old") and ct.closing
+
+
+@aio
+async def test_a_100_continue_and_the_final_answer_in_one_read():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    feed(client, b"PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n")
+    await h.settle()
+    up, _ = h.upstream()
+    feed(up, b"HTTP/1.1 100 Continue\r\n\r\n" + response(b"done"))
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+    assert out.endswith(b"done") and h.ctx.pool.idle[up.key] == [up]
+
+
+@aio
+async def test_a_response_over_several_reads_goes_through_the_full_parser():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    feed(client, GET)
+    await h.settle()
+    up, _ = h.upstream()
+    feed(up, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: keep-alive\r\n\r\n01234")
+    feed(up, b"56789")
+    out = ct.take()
+    assert out.endswith(b"\r\n\r\n0123456789") and b"Connection" not in out
+    feed(client, GET)  # and the next response on that connection is relayed whole
+    await h.settle()
+    feed(up, response(b"next", headers="Connection: keep-alive\r\n"))
+    assert ct.take().endswith(b"\r\n\r\nnext")
+
+
+def test_settings_refuse_unsafe_values():
+    for bad in ({"connect_timeout": 0}, {"max_header_bytes": 10}, {"write_low_water": 10**9}):
+        with pytest.raises(ConfigError):
+            ProxySettings(**bad)
+    assert ProxySettings().sweep_interval == 1.0
+    assert ProxySettings(idle_timeout=0.2).sweep_interval == 0.05

@@ -28,7 +28,6 @@ class ProxySettings:
     write_high_water: int = 256 * 1024  # bytes buffered for a peer before its source is paused
     write_low_water: int = 64 * 1024  # bytes under which the source resumes
     body_buffer_limit: int = 256 * 1024  # request body bytes held while waiting for a server
-    max_pipelined: int = 32  # parsed requests queued behind the one in flight
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "response_timeout", "idle_timeout", "pool_idle_timeout"):
