@@ -25,6 +25,7 @@ class Seen:
     method: str
     target: str
     host: str
+    at: float = 0.0  # time.monotonic() when the request arrived
 
 
 @dataclass(slots=True)
@@ -73,7 +74,7 @@ class Backend:
             host = next(
                 (x.split(":", 1)[1].strip() for x in lines[1:] if x.lower().startswith("host:")), ""
             )
-            self.requests.append(Seen(method, target, host))
+            self.requests.append(Seen(method, target, host, time.monotonic()))
             if self.mode == "silent":
                 await asyncio.wait_for(reader.read(), 30)  # until the client gives up
             elif self.mode == "garbage":

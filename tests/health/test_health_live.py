@@ -8,6 +8,7 @@ passing checks. A little slack (SLACK seconds) covers scheduling on a busy test 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import ssl
 import subprocess
@@ -323,3 +324,18 @@ def test_concurrency_is_bounded() -> None:
             await b.stop()
 
     run_with_checker(body, max_concurrency=2)
+
+
+def test_checks_run_at_a_fixed_rate() -> None:
+    async def body(hc: HealthChecker, changes: list[frozenset[str]]) -> None:
+        backends = [await Backend(f"127.0.2.{i}").start() for i in (1, 2, 3)]
+        hc.update(ir(group("g", check(), [(b.host, b.port) for b in backends])))
+        await asyncio.sleep(3 * INTERVAL + 0.9)
+        for b in backends:
+            times = [r.at for r in b.requests]
+            assert len(times) in (3, 4), times
+            gaps = [t2 - t1 for t1, t2 in itertools.pairwise(times)]
+            assert all(abs(g - INTERVAL) < 0.25 for g in gaps), gaps
+            await b.stop()
+
+    run_with_checker(body)
