@@ -230,9 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.add_parser(sub)
     sgcli.add_parser(sub)
-    from albingress import controller
+    from albingress import controller, webhook
 
     controller.add_parser(sub)
+    webhook.add_parser(sub)
     return parser
 
 

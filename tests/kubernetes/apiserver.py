@@ -122,6 +122,8 @@ class ApiServer:
         self.rv = 1000
         self.compacted = 0  # watches from a version below this get 410
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.queries: list[dict[str, str]] = []  # query parameters of every request
+        self.missing: set[str] = set()  # kinds answered 404, as if their CRD were not installed
         self._lock = threading.RLock()
         self._watchers: list[_Watcher] = []
         self._faults: list[tuple[Callable[[str, str], bool], str]] = []
@@ -175,10 +177,10 @@ class ApiServer:
 
     def pause(self) -> None:
         """The API server goes away: the port refuses connections, open watches end."""
-        self.drop_watches()
         if self._site is not None:
             self._call(self._site.stop())
             self._site = None
+        self.drop_watches()
 
     def resume(self) -> None:
         self._call(self._listen())
@@ -195,7 +197,7 @@ class ApiServer:
     def compact(self) -> None:
         """Forget the event history: watches from an older version get 410 Gone."""
         with self._lock:
-            self.compacted = self.rv + 1
+            self.compacted = self.rv
             self.history.clear()
 
     def fail_next(
@@ -342,6 +344,7 @@ class ApiServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             self.requests.append((request.method, request.path))
+            self.queries.append(dict(request.query))
             fault = next((f for f in self._faults if f[0](request.method, request.path)), None)
             if fault is not None:
                 self._faults.remove(fault)
@@ -358,6 +361,8 @@ class ApiServer:
             )
         try:
             res, ns, name, sub = self._route(request.path)
+            if res.kind in self.missing:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
             q = request.query
             if request.method == "GET" and q.get("watch") in ("1", "true") and not name:
                 return await self._watch(request, res, ns)

@@ -173,6 +173,12 @@ class Controller:
         finally:
             conn.close()
 
+    def config(self) -> dict[str, Any]:
+        status, body = self.admin_get("/api/v1/config")
+        assert status == 200, body
+        data: dict[str, Any] = json.loads(body)
+        return data
+
     def info(self) -> dict[str, Any]:
         status, body = self.admin_get("/api/v1/kubernetes")
         assert status == 200, body
@@ -197,3 +203,40 @@ class Controller:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def forward_ingress(
+    name: str, host: str, group_ids: list[str], ns: str = "default"
+) -> dict[str, Any]:
+    """An Ingress whose only path forwards to server groups by ID (the actions annotation)."""
+    groups = [{"ServerGroupID": g, "Weight": 100 // len(group_ids)} for g in group_ids]
+    action = [{"Type": "ForwardGroup", "ForwardConfig": {"ServerGroups": groups}}]
+    obj = ingress(
+        name,
+        host,
+        "fwd",
+        ns,
+        annotations={"alb.ingress.kubernetes.io/actions.fwd": json.dumps(action)},
+    )
+    backend = obj["spec"]["rules"][0]["http"]["paths"][0]["backend"]
+    backend["service"]["port"] = {"name": "use-annotation"}
+    return obj
+
+
+def server_group(
+    group_id: str, servers: list[tuple[str, int]], ns: str = "default"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "albingress.dev/v1alpha1",
+        "kind": "ServerGroup",
+        "metadata": {"name": group_id, "namespace": ns},
+        "spec": {
+            "serverGroupId": group_id,
+            "serverGroupName": "group-" + group_id[4:],
+            "serverGroupType": "Ip",
+            "servers": [
+                {"serverType": "Ip", "serverId": a, "serverIp": a, "port": p, "weight": 100}
+                for a, p in servers
+            ],
+        },
+    }

@@ -105,6 +105,7 @@ class Reflector:
     async def run(self) -> None:
         """List and watch until cancelled."""
         attempt = 0
+        gone = 0  # 410s in a row: a server that keeps answering 410 is not hammered
         while True:
             try:
                 if not self.resource_version:
@@ -113,7 +114,7 @@ class Reflector:
                         await asyncio.sleep(self.backoff.maximum)
                         continue
                 await self._watch()
-                attempt = 0  # the server closed the stream normally: watch again at once
+                attempt = gone = 0  # the server closed the stream normally: watch again at once
             except GoneError:
                 log.info(
                     "%s: resourceVersion %s expired; listing again",
@@ -122,6 +123,9 @@ class Reflector:
                 )
                 self.resource_version = ""
                 attempt = 0
+                gone += 1
+                if gone > 1:
+                    await asyncio.sleep(self.backoff.delay(gone - 2))
             except KubeError as exc:
                 self.errors += 1
                 delay = self.backoff.delay(attempt)
