@@ -11,6 +11,7 @@ Run as a script, it prints where each tool was found (``bench/setup.sh`` does so
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -18,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,14 +135,20 @@ def wait_tcp(
 def http_get(
     host: str, port: int, path: str, host_header: str, timeout: float = 5.0
 ) -> tuple[int, bytes]:
-    """One GET on a fresh connection; (status, body). Non-2xx statuses are returned, not raised."""
-    require_loopback(host)
-    req = urllib.request.Request(f"http://{host}:{port}{path}", headers={"Host": host_header})
+    """One GET on a fresh connection; (status, body). Non-2xx statuses are returned, not raised.
+
+    Plain http.client on purpose: urllib would honour proxy variables and could send loopback
+    requests to a proxy elsewhere.
+    """
+    conn = http.client.HTTPConnection(require_loopback(host), port, timeout=timeout)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return int(resp.status), bytes(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
+        conn.request("GET", path, headers={"Host": host_header})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except http.client.HTTPException as exc:
+        raise OSError(f"bad HTTP answer from {host}:{port}: {exc!r}") from exc
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- processes
