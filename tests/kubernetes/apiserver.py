@@ -123,7 +123,8 @@ class ApiServer:
         self.compacted = 0  # watches from a version below this get 410
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.queries: list[dict[str, str]] = []  # query parameters of every request
-        self.missing: set[str] = set()  # kinds answered 404, as if their CRD were not installed
+        self.missing: set[str] = set()
+        self.paused = False  # while paused, a request on a kept-alive connection is cut  # kinds answered 404, as if their CRD were not installed
         self._lock = threading.RLock()
         self._watchers: list[_Watcher] = []
         self._faults: list[tuple[Callable[[str, str], bool], str]] = []
@@ -177,12 +178,20 @@ class ApiServer:
 
     def pause(self) -> None:
         """The API server goes away: the port refuses connections, open watches end."""
+        self.paused = True
         if self._site is not None:
             self._call(self._site.stop())
             self._site = None
         self.drop_watches()
+        self._call(self._close_connections())
+
+    async def _close_connections(self) -> None:
+        if self._runner is not None and self._runner.server is not None:
+            for handler in self._runner.server.connections:
+                handler.force_close()
 
     def resume(self) -> None:
+        self.paused = False
         self._call(self._listen())
 
     # ----------------------------------------------------------------- faults
@@ -342,6 +351,9 @@ class ApiServer:
         return res, ns, name, sub
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.paused and request.transport is not None:
+            request.transport.abort()
+            return web.Response(status=503)
         with self._lock:
             self.requests.append((request.method, request.path))
             self.queries.append(dict(request.query))
