@@ -30,10 +30,11 @@ time out first.) Checks run at a fixed rate: each is due one interval after the 
 due, whatever the previous one took.
 
 Cost: checks are scheduled on one heap; each server's first check is spread over its interval by
-a hash of its key (so 1,000 servers do not fire at once), at most ``max_concurrency`` run at a
-time, and each is a raw :class:`asyncio.Protocol` (no HTTP client library). A server whose check
-settings change keeps its health state (counters restart); one that leaves the IR, or whose
-group disables checks, is forgotten and reported as ``"Unused"``.
+a hash of its key (so 1,000 servers do not fire at once); at most ``max_concurrency`` run at a
+time (the others wait their turn, oldest first); each is a raw :class:`asyncio.Protocol` (no
+HTTP client library). A server whose check settings change keeps its health state (counters
+restart); one that leaves the IR, or whose group disables checks, is forgotten and reported as
+``"Unused"``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import logging
 import ssl
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -216,7 +218,7 @@ class HealthChecker:
         on_change: Callable[[frozenset[str]], None],
         clock: Callable[[], float] = time.monotonic,
         *,
-        max_concurrency: int = 256,
+        max_concurrency: int = 512,
         address_allowed: Callable[[str], bool] | None = None,
     ) -> None:
         self._on_change = on_change
@@ -231,6 +233,10 @@ class HealthChecker:
         self._wake: asyncio.Event | None = None
         self._sleep_until = float("inf")
         self._tasks: set[asyncio.Task[None]] = set()
+        # Checks that came due while max_concurrency were running: started, oldest first, as
+        # running ones end (so a black-holed group delays the others' checks but never drops one).
+        self._waiting: deque[tuple[_Target, int, float]] = deque()
+        self._stopping = False
         self._tls: ssl.SSLContext | None = None
         self.checks_done = 0  # total checks completed (for benchmarks and metrics)
 
@@ -270,6 +276,7 @@ class HealthChecker:
     async def run(self) -> None:
         """Check servers as they come due, until cancelled."""
         self._wake = asyncio.Event()
+        self._stopping = False
         try:
             while True:
                 now = self._clock()
@@ -289,6 +296,8 @@ class HealthChecker:
                 except TimeoutError:
                     pass
         finally:
+            self._stopping = True
+            self._waiting.clear()
             self._sleep_until = float("inf")
             tasks = list(self._tasks)
             for task in tasks:
@@ -317,12 +326,23 @@ class HealthChecker:
 
     def _start_check(self, target: _Target, due: float) -> None:
         if len(self._tasks) >= self._max_concurrency:
-            # Too many in flight: try again shortly instead of piling up tasks.
-            self._schedule(target, self._clock() + 0.05)
+            self._waiting.append((target, target.gen, due))
             return
-        task = asyncio.get_running_loop().create_task(self._check(target, target.gen, due))
+        self._spawn(target, target.gen, due)
+
+    def _spawn(self, target: _Target, gen: int, due: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._check(target, gen, due))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._check_done)
+
+    def _check_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("health check failed unexpectedly", exc_info=task.exception())
+        while self._waiting and not self._stopping and len(self._tasks) < self._max_concurrency:
+            target, gen, due = self._waiting.popleft()
+            if self._targets.get(target.key) is target and target.gen == gen:
+                self._spawn(target, gen, due)
 
     async def _check(self, target: _Target, gen: int, due: float) -> None:
         ok = await self._probe(target.probe, target.request)
