@@ -298,3 +298,54 @@ def test_settings_refuse_unsafe_values():
             ProxySettings(**bad)
     assert ProxySettings().sweep_interval == 1.0
     assert ProxySettings(idle_timeout=0.2).sweep_interval == 0.05
+
+
+@aio
+async def test_fast_lane_forwards_a_simple_head_as_received_plus_forwarded_headers():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    head = b"GET /p?q=1 HTTP/1.1\r\nHost: demo.example\r\nAccept: */*\r\nUser-Agent: t/1\r\n"
+    feed(client, head + b"\r\n")
+    await h.settle()
+    up, ut = h.upstream()
+    assert ut.take() == head + (
+        b"X-Forwarded-Host: demo.example\r\nX-Forwarded-For: 127.0.0.9\r\n"
+        b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: 80\r\n\r\n"
+    )
+    feed(up, response(b"fast"))
+    assert ct.take().endswith(b"fast")
+    # then a request the fast lane leaves alone, on the same connection
+    feed(
+        client, b"GET /c HTTP/1.1\r\nHost: demo.example\r\nCookie: a=1\r\nConnection: close\r\n\r\n"
+    )
+    await h.settle()
+    lines, _ = split_head(ut.take())
+    assert lines[0] == b"GET /c HTTP/1.1" and b"Cookie: a=1" in lines
+    assert not any(ln.lower().startswith(b"connection") for ln in lines)
+    feed(up, response(b"slow"))
+    out = ct.take()
+    assert out.endswith(b"slow") and b"Connection: close" in out and ct.closing
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.0\r\nHost: a\r\n",
+        b"GET http://a/ HTTP/1.1\r\nHost: a\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: x\r\n",
+    ],
+    ids=["http/1.0", "absolute-form", "x-forwarded-for", "te", "proxy-header"],
+)
+@aio
+async def test_requests_the_fast_lane_must_not_take_are_rewritten(head: bytes):
+    h = Harness(make_ir(SERVERS[:1]))
+    client, _ = h.client()
+    feed(client, head + b"\r\n")
+    await h.settle()
+    _, ut = h.upstream()
+    sent = ut.take()
+    assert sent.startswith(b"GET / HTTP/1.1\r\n")
+    assert sent.lower().count(b"x-forwarded-for") == 1
+    assert b"TE:" not in sent and b"Proxy-Authorization" not in sent

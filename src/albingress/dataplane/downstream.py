@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 from typing import cast
 
 import httptools
@@ -62,6 +63,35 @@ _SPECIAL.update(
 )
 
 
+# Request headers that rule out the fast lane (lowercased head): hop-by-hop ones, those the proxy
+# rewrites or reads (X-Forwarded-*, Cookie for sticky sessions, Expect), any body framing.
+_NOT_SIMPLE = re.compile(
+    rb"\r\n(?:proxy-|x-forwarded-|[ \t]|(?:connection|keep-alive|te|trailer|transfer-encoding"
+    rb"|upgrade|content-length|cookie|expect)[ \t]*:)"
+)
+_NO_HEADERS: list[tuple[bytes, bytes]] = []  # never modified
+
+
+class _Validator:
+    """Callbacks of the validating parser: messages begun and ended, keep-alive of the last."""
+
+    __slots__ = ("begun", "checker", "done", "keep_alive")
+
+    def __init__(self) -> None:
+        self.begun = 0
+        self.done = False
+        self.keep_alive = False
+        self.checker: httptools.HttpRequestParser | None = None
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        checker = self.checker
+        self.keep_alive = checker is not None and checker.should_keep_alive()
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, answers them in order."""
 
@@ -78,6 +108,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
+        self.validator = _Validator()
+        self.checker = httptools.HttpRequestParser(self.validator)  # for the fast lane
+        self.validator.checker = self.checker
         self.client_ip = ""
         self.client_port = 0
         self.ip_bytes = b""
@@ -128,6 +161,15 @@ class ClientConnection(asyncio.Protocol):
             self.upgrading.tunnel_to_server(data)
             return
         if self.stopped:
+            return
+        if (
+            data[-4:] == b"\r\n\r\n"
+            and self.current is None
+            and not self.in_head
+            and not self.queue
+            and self.ctx.route_cache is not None
+            and self._simple(data)
+        ):
             return
         if self.in_head:
             self.head_fed += len(data)
@@ -221,6 +263,64 @@ class ClientConnection(asyncio.Protocol):
             ex.request_complete()
 
     # ----------------------------------------------------------------- requests
+
+    def _simple(self, data: bytes) -> bool:
+        """The fast lane: ``data`` is exactly one bodyless HTTP/1.1 request whose head can be
+        forwarded as it came (plus X-Forwarded-*), to a rule that only forwards. llhttp checks it
+        with no per-header callback; on any doubt, False, and the full parser takes ``data`` from
+        the start, as if this had not been tried."""
+        if (
+            data.find(b"\r\n\r\n") != len(data) - 4
+            or len(data) > self.ctx.settings.max_header_bytes
+        ):
+            return False
+        v = self.validator
+        v.begun = 0
+        v.done = False
+        try:
+            self.checker.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            ok = False
+        else:
+            ok = v.done and v.begun == 1
+        if not ok:
+            self.checker = v.checker = httptools.HttpRequestParser(v)
+            return False
+        if not v.keep_alive:
+            return False
+        low = data.lower()
+        if _NOT_SIMPLE.search(low):
+            return False
+        at = low.find(b"\r\nhost:")
+        if at < 0 or low.find(b"\r\nhost:", at + 7) >= 0:
+            return False
+        line_end = data.find(b"\r\n")
+        first = data[:line_end]
+        sp1 = first.find(b" ")
+        sp2 = first.rfind(b" ")
+        target = first[sp1 + 1 : sp2]
+        if first[sp2 + 1 :] != b"HTTP/1.1" or target[:1] != b"/" or b"#" in target:
+            return False
+        path, _, query = target.partition(b"?")
+        ex = Exchange(
+            self,
+            first[:sp1].decode("latin-1"),
+            target,
+            path.decode("latin-1"),
+            query.decode("latin-1"),
+            _NO_HEADERS,
+            _NO_HEADERS,
+        )
+        ex.host = data[at + 7 : data.find(b"\r\n", at + 7)].strip(b" \t")
+        ex.raw_head = data[: len(data) - 2]
+        ex.req_done = True
+        self.current = ex
+        self._set_idle(False)
+        if ex.start_simple():
+            return True
+        self.current = None
+        self._set_idle(True)
+        return False
 
     def _exchange(self) -> Exchange:
         parser = self.parser

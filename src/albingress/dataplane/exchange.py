@@ -89,6 +89,7 @@ class Exchange:
     reused = False
     connect_task: asyncio.Task[None] | None = None
     upstream: UpstreamConnection | None = None
+    raw_head: bytes | None = None  # the fast lane: the request head as received, sent as is
     tried: frozenset[str] = frozenset()  # server keys that refused this request
     body_buf: list[bytes] | None = None  # request body read while no server is attached
     tunnel_buf: list[bytes] | None = None  # bytes after an Upgrade request, before the 101
@@ -161,6 +162,29 @@ class Exchange:
             self.respond(code, body, [h for h in headers if h[0].lower() != b"content-length"])
         else:
             self.fail(500, f"rule {rule.name} has no final action")
+
+    def start_simple(self) -> bool:
+        """``start`` for the fast lane: False (and nothing done) unless the rule only forwards."""
+        ctx = self.client.ctx
+        table = ctx.table
+        if table is None:
+            return False
+        client = self.client
+        rule = ctx.route(
+            table,
+            client.listener_port,
+            self.host.decode("latin-1"),
+            self.path,
+            self.method,
+            self.query,
+            self.raw_headers,
+            client.client_ip,
+        )
+        if rule is None or len(rule.actions) != 1 or type(rule.actions[0]) is not ForwardAction:
+            return False
+        self.rule = rule
+        self.forward()
+        return True
 
     def _pre_actions(self, rule: Rule) -> bool:
         """Run the pre-actions in order; False when the request was answered (limited)."""
@@ -283,6 +307,14 @@ class Exchange:
         )
         if client.flow.write_paused and conn.flow is not None:
             conn.flow.pause(PEER_FULL)
+        raw = self.raw_head
+        if raw is not None:  # the fast lane: as received, plus what the proxy adds
+            if conn.transport is not None:
+                conn.transport.write(
+                    b"%sX-Forwarded-Host: %s\r\n%s%s"
+                    % (raw, self.host, client.xff_line, client.forwarded_end)
+                )
+            return
         parts = [self.method.encode(), b" ", self.target, b" HTTP/1.1\r\n"]
         for name, value in self.headers:
             parts += (name, b": ", value, CRLF)
