@@ -5,16 +5,7 @@ Parser callbacks only record the request (target, headers, body pieces, completi
 the oldest waiting exchange once the one before it is answered. Pipelined requests wait in a
 queue and reading pauses while any wait, so memory stays bounded.
 
-Request checks beyond llhttp's own (llhttp already rejects Content-Length together with
-Transfer-Encoding, duplicate Content-Length, bad chunk sizes, obs-fold, bare LF):
-
-* RFC 9112 section 2.6 -- only HTTP/1.0 and HTTP/1.1: anything else gets 505;
-* RFC 9112 section 3.2 -- an HTTP/1.1 request needs exactly one Host header;
-* RFC 9112 section 6.1 -- Transfer-Encoding in an HTTP/1.0 request is refused;
-* RFC 9110 section 9.3.6 -- CONNECT is not proxied (405);
-* the request line and headers together above ``max_header_bytes`` (or more than
-  ``max_headers`` fields): 431.
-
+Requests are read and checked by :mod:`.request` (the RFC 9112 checks are listed there).
 Every rejection answers in order (after the requests before it) and closes the connection.
 Idle and header timeouts use one timestamp, ``idle_since``, set and cleared in
 :meth:`ClientConnection._set_idle` only, checked by the worker's periodic sweep.
@@ -25,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import re
 from typing import cast
 
 import httptools
@@ -34,62 +24,15 @@ from albingress.dataplane.balancer import PickContext
 from albingress.dataplane.context import WorkerContext
 from albingress.dataplane.exchange import Exchange
 from albingress.dataplane.flow import PEER_FULL, QUEUED, TUNNEL_PEER_FULL, FlowControl
-from albingress.dataplane.wire import FORWARDED, HOP_BY_HOP, error_response
+from albingress.dataplane.request import (
+    RequestRejected,
+    RequestValidator,
+    parse_head,
+    simple_exchange,
+)
+from albingress.dataplane.wire import error_response
 
 log = logging.getLogger("albingress.dataplane")
-
-
-class RequestRejected(Exception):
-    """Raised inside a parser callback to stop parsing: answer ``code`` and close."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-# What the header scan does with a request header, by lowercase name.
-_DROP, _HOST, _XFF, _COOKIE, _CONNECTION, _UPGRADE, _TE = range(7)
-_SPECIAL: dict[bytes, int] = dict.fromkeys(HOP_BY_HOP | FORWARDED, _DROP)
-_SPECIAL.update(
-    {
-        b"host": _HOST,
-        b"x-forwarded-for": _XFF,
-        b"cookie": _COOKIE,
-        b"connection": _CONNECTION,
-        b"upgrade": _UPGRADE,
-        b"transfer-encoding": _TE,
-    }
-)
-
-
-# Request headers that rule out the fast lane (lowercased head): hop-by-hop ones, those the proxy
-# rewrites or reads (X-Forwarded-*, Cookie for sticky sessions, Expect), any body framing.
-_NOT_SIMPLE = re.compile(
-    rb"\r\n(?:proxy-|x-forwarded-|[ \t]|(?:connection|keep-alive|te|trailer|transfer-encoding"
-    rb"|upgrade|content-length|cookie|expect)[ \t]*:)"
-)
-_NO_HEADERS: list[tuple[bytes, bytes]] = []  # never modified
-
-
-class _Validator:
-    """Callbacks of the validating parser: messages begun and ended, keep-alive of the last."""
-
-    __slots__ = ("begun", "checker", "done", "keep_alive")
-
-    def __init__(self) -> None:
-        self.begun = 0
-        self.done = False
-        self.keep_alive = False
-        self.checker: httptools.HttpRequestParser | None = None
-
-    def on_message_begin(self) -> None:
-        self.begun += 1
-
-    def on_message_complete(self) -> None:
-        self.done = True
-        checker = self.checker
-        self.keep_alive = checker is not None and checker.should_keep_alive()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -108,7 +51,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
-        self.validator = _Validator()
+        self.validator = RequestValidator()
         self.checker = httptools.HttpRequestParser(self.validator)  # for the fast lane
         self.validator.checker = self.checker
         self.client_ip = ""
@@ -288,32 +231,9 @@ class ClientConnection(asyncio.Protocol):
             return False
         if not v.keep_alive:
             return False
-        low = data.lower()
-        if _NOT_SIMPLE.search(low):
+        ex = simple_exchange(self, data)
+        if ex is None:
             return False
-        at = low.find(b"\r\nhost:")
-        if at < 0 or low.find(b"\r\nhost:", at + 7) >= 0:
-            return False
-        line_end = data.find(b"\r\n")
-        first = data[:line_end]
-        sp1 = first.find(b" ")
-        sp2 = first.rfind(b" ")
-        target = first[sp1 + 1 : sp2]
-        if first[sp2 + 1 :] != b"HTTP/1.1" or target[:1] != b"/" or b"#" in target:
-            return False
-        path, _, query = target.partition(b"?")
-        ex = Exchange(
-            self,
-            first[:sp1].decode("latin-1"),
-            target,
-            path.decode("latin-1"),
-            query.decode("latin-1"),
-            _NO_HEADERS,
-            _NO_HEADERS,
-        )
-        ex.host = data[at + 7 : data.find(b"\r\n", at + 7)].strip(b" \t")
-        ex.raw_head = data[: len(data) - 2]
-        ex.req_done = True
         self.current = ex
         self._set_idle(False)
         if ex.start_simple():
@@ -323,86 +243,7 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def _exchange(self) -> Exchange:
-        parser = self.parser
-        version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise RequestRejected(505, f"HTTP/{version} is not supported")
-        method = parser.get_method().decode("ascii", "replace")
-        if method == "CONNECT":
-            raise RequestRejected(405, "CONNECT is not supported")
-        url = self.url
-        if url[:1] == b"/":
-            path_b, _, query_b = url.partition(b"?")
-            target = url
-            authority = b""
-        elif url == b"*":
-            path_b, query_b, target, authority = b"*", b"", b"*", b""
-        else:  # absolute-form (RFC 9112 3.2.2): the authority replaces Host
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                raise RequestRejected(400, "invalid request target") from None
-            path_b = parsed.path or b"/"
-            query_b = parsed.query or b""
-            target = path_b + (b"?" + query_b if query_b else b"")
-            authority = parsed.host or b""
-            if parsed.port:
-                authority += b":%d" % parsed.port
-        path_b = path_b.partition(b"#")[0]
-        raw = self.headers
-        out: list[tuple[bytes, bytes]] = []
-        ex = Exchange(
-            self,
-            method,
-            target,
-            path_b.decode("latin-1"),
-            query_b.decode("latin-1"),
-            raw,
-            out,
-        )
-        hosts = 0
-        upgrade = b""
-        special = _SPECIAL
-        for name, value in raw:
-            kind = special.get(name.lower())
-            if kind is None:
-                out.append((name, value))
-            elif kind == _HOST:
-                hosts += 1
-                ex.host = value
-                out.append((name, value))
-            elif kind == _COOKIE:
-                ex.cookie = value if not ex.cookie else ex.cookie + b"; " + value
-                out.append((name, value))
-            elif kind == _XFF:
-                ex.xff = value if not ex.xff else ex.xff + b", " + value
-            elif kind == _CONNECTION:
-                ex.connection_tokens += b"," + value
-            elif kind == _UPGRADE:
-                upgrade = value
-            elif kind == _TE:
-                ex.chunked = True
-        if ex.connection_tokens:
-            named = {t.strip().lower() for t in ex.connection_tokens.split(b",")}
-            named -= {b"", b"close", b"keep-alive", b"upgrade"}
-            if named:
-                out[:] = [(n, v) for n, v in out if n.lower() not in named]
-        ex.version_10 = version == "1.0"
-        if ex.version_10:
-            if ex.chunked:
-                raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
-        elif hosts != 1:
-            raise RequestRejected(400, "an HTTP/1.1 request needs exactly one Host header")
-        if hosts > 1:
-            raise RequestRejected(400, "more than one Host header")
-        if authority:
-            ex.host = authority
-            out[:] = [(n, v) for n, v in out if n.lower() != b"host"]
-            out.append((b"Host", authority))
-        ex.keep_alive = parser.should_keep_alive()
-        if parser.should_upgrade() and upgrade:
-            ex.upgrade = upgrade
-        return ex
+        return parse_head(self, self.parser, self.url, self.headers)
 
     def _pump(self) -> None:
         """Start waiting exchanges, oldest first, while none is being answered."""

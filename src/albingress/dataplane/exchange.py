@@ -1,10 +1,10 @@
 """One request and its response, from the rule's actions to the last byte.
 
 An :class:`Exchange` is made by the client connection once a request's head is parsed. When the
-requests before it are answered, :meth:`Exchange.start` routes it, runs the rule's pre-actions
-(TrafficLimit, InsertHeader/RemoveHeader, Rewrite; TrafficMirror is not carried out yet), then
-the final action: a Redirect or FixedResponse is answered here, a ForwardGroup picks a server
-through the balancer and relays the request to it over a pooled connection.
+requests before it are answered, :meth:`Exchange.start` routes it and carries out the rule's
+actions (:mod:`.dispatch`); a ForwardGroup comes back to :meth:`Exchange.forward`, which picks a
+server through the balancer and relays the request to it over a pooled connection. Response
+heads are built by :mod:`.response`.
 
 Failure handling: a connection that cannot be opened is reported (``report_failure``) and the
 request goes to another server (``PickContext.exclude``), up to ``settings.max_retries`` more
@@ -22,28 +22,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from albingress.dataplane import actions as act
+from albingress.dataplane import dispatch
 from albingress.dataplane.balancer import STICKY_COOKIE, Pick, PickContext
 from albingress.dataplane.flow import BUFFERING, PEER_FULL
+from albingress.dataplane.response import final_head, informational_head
 from albingress.dataplane.upstream import UpstreamConnection
-from albingress.dataplane.wire import (
-    CRLF,
-    HOP_BY_HOP,
-    LAST_CHUNK,
-    chunk,
-    error_body,
-    simple_response,
-    status_line,
-)
+from albingress.dataplane.wire import CRLF, LAST_CHUNK, chunk, error_body, simple_response
 from albingress.ir import (
-    FixedResponseAction,
     ForwardAction,
-    InsertHeaderAction,
-    RedirectAction,
-    RemoveHeaderAction,
-    RewriteAction,
     Rule,
-    TrafficLimitAction,
 )
 
 if TYPE_CHECKING:
@@ -51,15 +38,6 @@ if TYPE_CHECKING:
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _STICKY_PREFIX = STICKY_COOKIE.encode() + b"="
-_CONN_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade", b""})
-
-
-def _without_named(headers: list[tuple[bytes, bytes]], tokens: bytes) -> list[tuple[bytes, bytes]]:
-    """``headers`` without those the Connection header names (RFC 9110 7.6.1)."""
-    named = {t.strip().lower() for t in tokens.split(b",")} - _CONN_STANDARD
-    if not named:
-        return headers
-    return [(n, v) for n, v in headers if n.lower() not in named]
 
 
 def _sticky_value(cookie: bytes) -> str | None:
@@ -125,102 +103,12 @@ class Exchange:
     # ----------------------------------------------------------------- the rule's actions
 
     def start(self) -> None:
-        ctx = self.client.ctx
-        table = ctx.table
-        if table is None:
-            self.fail(503, "no configuration loaded yet")
-            return
-        client = self.client
-        host = self.host.decode("latin-1")
-        rule = ctx.route(
-            table,
-            client.listener_port,
-            host,
-            self.path,
-            self.method,
-            self.query,
-            self.raw_headers,
-            client.client_ip,
-        )
-        if rule is None:
-            self.fail(404, f"no rule matches host {host!r} and path {self.path!r}")
-            return
-        self.rule = rule
-        actions = rule.actions
-        final = actions[-1]
-        if len(actions) > 1 and not self._pre_actions(rule):
-            return
-        if type(final) is ForwardAction:
-            self.forward()
-        elif type(final) is RedirectAction:
-            location = act.redirect_location(
-                final, client.scheme, host, client.listener_port, self.path, self.query
-            )
-            self.respond(final.http_code, b"", [(b"Location", location.encode("latin-1"))])
-        elif type(final) is FixedResponseAction:
-            code, headers, body = act.fixed_response(final)
-            self.respond(code, body, [h for h in headers if h[0].lower() != b"content-length"])
-        else:
-            self.fail(500, f"rule {rule.name} has no final action")
+        """Route this request and carry out its rule's actions (see :mod:`.dispatch`)."""
+        dispatch.start(self)
 
     def start_simple(self) -> bool:
         """``start`` for the fast lane: False (and nothing done) unless the rule only forwards."""
-        ctx = self.client.ctx
-        table = ctx.table
-        if table is None:
-            return False
-        client = self.client
-        rule = ctx.route(
-            table,
-            client.listener_port,
-            self.host.decode("latin-1"),
-            self.path,
-            self.method,
-            self.query,
-            self.raw_headers,
-            client.client_ip,
-        )
-        if rule is None or len(rule.actions) != 1 or type(rule.actions[0]) is not ForwardAction:
-            return False
-        self.rule = rule
-        self.forward()
-        return True
-
-    def _pre_actions(self, rule: Rule) -> bool:
-        """Run the pre-actions in order; False when the request was answered (limited)."""
-        ctx = self.client.ctx
-        header_actions = []
-        rewritten = False
-        host = self.host.decode("latin-1")
-        path, query = self.path, self.query
-        for action in rule.actions[:-1]:
-            if type(action) is TrafficLimitAction:
-                if not ctx.limiter.allow(rule.name, action, self.client.client_ip):
-                    self.fail(503, f"traffic limit of rule {rule.name} reached")
-                    return False
-            elif type(action) in (InsertHeaderAction, RemoveHeaderAction):
-                header_actions.append(action)
-            elif type(action) is RewriteAction:
-                host, path, query = act.rewrite(action, host, path, query)
-                rewritten = True
-        if header_actions:
-            self.headers = act.apply_header_actions(
-                header_actions,
-                self.headers,
-                self.client.client_ip,
-                client_port=self.client.client_port,
-                lb_port=self.client.listener_port,
-                protocol=self.client.scheme,
-            )
-        if rewritten:
-            new_host = host.encode("latin-1")
-            if new_host != self.host:
-                self.headers = [h for h in self.headers if h[0].lower() != b"host"]
-                self.headers.append((b"Host", new_host))
-            target = path + ("?" + query if query else "")
-            self.target = target.encode("latin-1")
-            self.path, self.query = path, query
-        return True
+        return dispatch.start_simple(self)
 
     # ----------------------------------------------------------------- forwarding
 
@@ -324,6 +212,9 @@ class Exchange:
             parts.append(client.xff_line)
         if self.host:
             parts += (b"X-Forwarded-Host: ", self.host, CRLF)
+        elif self.pick is not None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
+            server = self.pick.server
+            parts += (b"Host: ", f"{server.address}:{server.port}".encode(), CRLF)
         if self.chunked or self.upgrade:
             parts.append(client.forwarded_const)
             if self.chunked:
@@ -385,82 +276,15 @@ class Exchange:
     # ----------------------------------------------------------------- the response
 
     def response_informational(self, conn: UpstreamConnection) -> None:
-        if self.version_10:
-            return  # HTTP/1.0 clients do not understand 1xx
-        parts = [status_line(conn.status, conn.reason)]
-        for name, value in conn.headers:
-            if name.lower() not in HOP_BY_HOP:
-                parts += (name, b": ", value, CRLF)
-        parts.append(CRLF)
-        self._emit(b"".join(parts))
+        if not self.version_10:  # HTTP/1.0 clients do not understand 1xx
+            self._emit(informational_head(conn))
 
     def response_head(self, conn: UpstreamConnection) -> None:
-        status = conn.status
-        ctx = self.client.ctx
         pick = self.pick
         if pick is not None and self.attempts:
-            ctx.balancer.report_success(pick.key)
+            self.client.ctx.balancer.report_success(pick.key)
         self.resp_started = True
-        parts = [status_line(status, conn.reason)]
-        has_length = chunked = False
-        tokens = b""
-        headers = conn.headers
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"transfer-encoding":
-                    chunked = True
-                elif lname == b"connection":
-                    tokens = tokens + b"," + value if tokens else value
-                continue
-            if lname == b"content-length":
-                has_length = True
-            parts += (name, b": ", value, CRLF)
-        if tokens and (set(tokens.lower().split(b",")) - _CONN_STANDARD):
-            return self._response_head_slow(conn, tokens)
-        self._finish_head(conn, parts, status, has_length, chunked)
-        return None
-
-    def _response_head_slow(self, conn: UpstreamConnection, tokens: bytes) -> None:
-        parts = [status_line(conn.status, conn.reason)]
-        has_length = chunked = False
-        for name, value in _without_named(conn.headers, tokens):
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                chunked = chunked or lname == b"transfer-encoding"
-                continue
-            has_length = has_length or lname == b"content-length"
-            parts += (name, b": ", value, CRLF)
-        self._finish_head(conn, parts, conn.status, has_length, chunked)
-
-    def _finish_head(
-        self, conn: UpstreamConnection, parts: list[bytes], status: int, length: bool, chunked: bool
-    ) -> None:
-        close = not self.keep_alive or self.client.ctx.draining or self.close_after
-        if status == 101:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, CRLF, CRLF)
-            self._emit(b"".join(parts))
-            return
-        if self.upgrade:
-            close = True  # the client's parser already switched: no further requests
-        if not (self.head_only or status in (204, 304) or length):
-            conn.until_close = not chunked
-            if self.version_10:
-                close = True  # the body ends when the connection closes
-            else:
-                self.resp_chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-        pick = self.pick
-        if pick is not None and pick.set_cookie:
-            parts += (b"Set-Cookie: ", pick.set_cookie.encode("latin-1"), CRLF)
-        if close:
-            self.close_after = True
-            parts.append(b"Connection: close\r\n\r\n")
-        elif self.version_10:
-            parts.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            parts.append(CRLF)
-        self._emit(b"".join(parts))
+        self._emit(final_head(self, conn))
 
     def relay_plain(self, data: bytes) -> None:
         """The whole response, as the server sent it (see ``wire.plain_response``)."""

@@ -42,6 +42,10 @@ class _Validator:
         self.done = True
 
 
+class ResponseTooLarge(Exception):
+    """More response header fields than ``settings.max_headers``."""
+
+
 class UnexpectedUpgrade(Exception):
     """A 101 answer to a request that did not ask to switch protocols."""
 
@@ -135,7 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not ok:
             self.checker = httptools.HttpResponseParser(v)
             return None
-        return plain_head(data)
+        return plain_head(data, self.pool.ctx.settings.max_headers)
 
     def _malformed(self, ex: Exchange, reason: str) -> None:
         self.reusable = False
@@ -188,7 +192,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > self.pool.ctx.settings.max_headers:
+            raise ResponseTooLarge("the server sent too many header fields")
 
     def on_headers_complete(self) -> None:
         self.status = status = self.parser.get_status_code()

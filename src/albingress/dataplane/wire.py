@@ -98,15 +98,16 @@ _SUSPECT_LINE = re.compile(rb"\r\n[tkpu \t]")
 _KEEP_ALIVE_LINE = re.compile(rb"\r\nconnection:[ ]*keep-alive[ ]*(?=\r\n)")
 
 
-def plain_head(data: bytes) -> bytes | None:
+def plain_head(data: bytes, max_headers: int) -> bytes | None:
     """``data`` (one complete response, already validated by llhttp) as the client may get it:
     unchanged, or with its ``Connection: keep-alive`` line cut out. None when the head has any
-    other hop-by-hop header: then it goes through the full parser and is rewritten."""
+    other hop-by-hop header, or more than ``max_headers`` fields: then it goes through the full
+    parser and is rewritten (or refused)."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
     low = data[: end + 2].lower()
-    if _SUSPECT_LINE.search(low):
+    if _SUSPECT_LINE.search(low) or low.count(b"\n") > max_headers + 1:
         return None
     conn = low.find(b"\r\nconnection:")
     if conn < 0:
