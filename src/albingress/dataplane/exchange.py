@@ -287,13 +287,23 @@ class Exchange:
         self._emit(final_head(self, conn))
 
     def relay_plain(self, data: bytes) -> None:
-        """The whole response, as the server sent it (see ``wire.plain_response``)."""
+        """The whole response, as the server sent it (see ``UpstreamConnection._plain``)."""
         self.upstream = None
-        pick = self.pick
-        if pick is not None:
-            self.client.ctx.balancer.report_success(pick.key)
+        client = self.client
         self.resp_started = self.resp_done = True
-        self.client.write(data)
+        client.write(data)
+        pick = self.pick
+        if self.req_done and not self.finished:  # the usual end, without the general path
+            self.finished = True
+            if pick is not None:
+                self.pick = None
+                balancer = client.ctx.balancer
+                balancer.report_success(pick.key)
+                balancer.release(pick.key)
+            client.exchange_done(self)
+            return
+        if pick is not None:
+            client.ctx.balancer.report_success(pick.key)
         if not self.req_done:
             self.close_after = True
         self.maybe_done()
