@@ -67,6 +67,16 @@ class Changes:
         return bool(self.kinds) and self.kinds <= ENDPOINT_KINDS and not self.relisted
 
 
+_VOLATILE = ("resourceVersion", "managedFields", "generation")
+
+
+def _meaning(body: dict[str, Any]) -> dict[str, Any]:
+    """What the compiler may read of an object: not its status or bookkeeping metadata."""
+    meta = body.get("metadata")
+    meta = {k: v for k, v in meta.items() if k not in _VOLATILE} if isinstance(meta, dict) else {}
+    return {k: v for k, v in body.items() if k != "status"} | {"metadata": meta}
+
+
 def _endpoint_owner(kind: str, body: dict[str, Any] | None) -> tuple[str, str] | None:
     if body is None:
         return None
@@ -132,6 +142,15 @@ class KubernetesSource:
     def _on_event(
         self, res: Resource, kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None
     ) -> None:
+        for listener in self.listeners:
+            listener(res, kind, new if new is not None else old)
+        if (
+            kind == "MODIFIED"
+            and old is not None
+            and new is not None
+            and _meaning(old) == _meaning(new)
+        ):
+            return  # our own status write-back, or bookkeeping: nothing to recompile
         now = time.perf_counter()
         if not self._kinds and not self._relisted:
             self._first_event = now
@@ -145,8 +164,6 @@ class KubernetesSource:
                 owner = _endpoint_owner(res.kind, body)
                 if owner is not None:
                     self._services.add(owner)
-        for listener in self.listeners:
-            listener(res, kind, new if new is not None else old)
         self._dirty.set()
 
     def take_changes(self) -> Changes:
