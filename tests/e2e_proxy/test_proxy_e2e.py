@@ -198,3 +198,44 @@ def _children(pid: int) -> list[int]:
             if int(fields[1]) == pid and fields[0] != "Z":
                 result.append(int(entry.name))
     return result
+
+
+def _read_responses(s: socket.socket, count: int) -> list[bytes]:
+    """``count`` Content-Length framed responses from ``s``."""
+    buf = b""
+    out: list[bytes] = []
+    while len(out) < count:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\r\n\r\n" in buf:
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(rest) < length:
+                break
+            out.append(head + b"\r\n\r\n" + rest[:length])
+            buf = rest[length:]
+    return out
+
+
+def test_pipelined_requests_and_a_malformed_one_over_a_real_socket(backend, proxy):
+    _, p1 = backend("a", "127.0.1.1")
+    _, port = proxy(ir_for([[("127.0.1.1", p1)]]))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"".join(b"GET /headers?n=%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(5)))
+        answers = _read_responses(s, 5)
+        assert len(answers) == 5
+        for i, answer in enumerate(answers):
+            assert answer.startswith(b"HTTP/1.1 200 ") and b'"/headers?n=%d"' % i in answer
+        s.sendall(
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        rest = s.recv(65536)
+        assert rest.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in rest
+        assert s.recv(65536) == b""  # closed
+    assert get(port, "/")[0] == 200  # the worker carries on
