@@ -59,6 +59,11 @@ def test_endpoints_take_the_fast_path(
     info = controller.info()
     assert info["fastReloads"] >= 1
     assert info["fullReloads"] == full  # the rules were not compiled again
+    api.apply(endpoint_slice("tea", [], port))  # no ready endpoint left: 503, still fast
+    wait_until(lambda: controller.get("tea.example.com")[0] == 503, 10, "503")
+    api.delete("EndpointSlice", "default", "tea-a")  # no endpoint objects: compiled again
+    wait_until(lambda: controller.info()["fullReloads"] > full, 10, "a full reload")
+    assert controller.get("tea.example.com")[0] == 503
 
 
 def test_add_change_delete_of_each_kind_reach_traffic(

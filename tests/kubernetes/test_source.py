@@ -211,3 +211,21 @@ def test_source_watches_only_the_namespaces_given(api: ApiServer) -> None:
         await source.stop()
 
     run(api, body)
+
+
+def test_a_hung_request_times_out_and_is_retried(api: ApiServer) -> None:
+    api.apply(service("a"))
+    api.fail_next(1, "hang")
+
+    async def main() -> None:
+        client = KubeClient(ClusterConfig(api.url), timeout=0.5)
+        try:
+            r = Reflector(client, SERVICE, Recorder(), backoff=FAST, watch_timeout=30)
+            task = asyncio.create_task(r.run())
+            await asyncio.wait_for(r.synced.wait(), 5)
+            assert r.errors == 1 and set(r.cache) == {("default", "a")}
+            task.cancel()
+        finally:
+            await client.close()
+
+    asyncio.run(main())

@@ -81,6 +81,12 @@ def test_status_and_events_are_written(
     ]
     assert status["conditions"][0]["status"] == "True"
     assert status["inUseBy"]
+    # A group that cannot be used is reported on the object itself.
+    api.apply(server_group("sgp-bad1", [("127.0.1.9", 0)]))
+    wait_until(lambda: "FailedBuildModel" in reasons(api, "sgp-bad1"), 10, "the bad group's Event")
+    bad = (api.get("ServerGroup", "default", "sgp-bad1") or {}).get("status") or {}
+    assert bad["conditions"][0]["status"] == "False"
+    assert "port" in bad["conditions"][0]["message"].lower()
     # Once said, not said again: no Event storm on later reloads.
     count = len(api.list("Event"))
     api.apply(ingress("tea2", "tea2.example.com", "tea"))
