@@ -152,14 +152,15 @@ class Exchange:
         try:
             conn = await self.client.ctx.pool.connect(pick.key, server.address, server.port)
         except TimeoutError:
+            self.connect_task = None  # before a retry starts the next one
             self._connect_failed(pick, 504, f"timed out connecting to {pick.key}")
             return
         except OSError as exc:
+            self.connect_task = None
             reason = exc.strerror or type(exc).__name__
             self._connect_failed(pick, 502, f"cannot connect to {pick.key}: {reason}")
             return
-        finally:
-            self.connect_task = None
+        self.connect_task = None
         if self.finished:
             conn.close()
             return
