@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -218,8 +219,10 @@ class StatusWriter:
         out = []
         for value in names:
             if value:
-                is_ip = all(c in "0123456789.:abcdefABCDEF" for c in value)
-                out.append({"ip": value} if is_ip else {"hostname": value})
+                try:
+                    out.append({"ip": str(ipaddress.ip_address(value))})
+                except ValueError:
+                    out.append({"hostname": value})
         return out
 
     async def sync(self) -> None:
