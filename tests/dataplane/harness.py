@@ -136,14 +136,24 @@ class Harness:
             self.ctx.apply(ir, 1)
         self.upstreams: list[tuple[str, UpstreamConnection, FakeTransport]] = []
         self.refuse: set[str] = set()
+        self.hang: set[str] = set()  # connects to these never finish
+        self.script: list[str] = []  # per connect, in order: "refuse", "hang" or "ok"
+        self.cancelled: list[str] = []
         self.connects: list[str] = []
         self.ctx.pool.connect = self._connect  # type: ignore[method-assign]
 
     async def _connect(self, key: str, host: str, port: int) -> UpstreamConnection:
         self.connects.append(key)
         await asyncio.sleep(0)
-        if key in self.refuse:
+        what = self.script.pop(0) if self.script else "ok"
+        if key in self.refuse or what == "refuse":
             raise ConnectionRefusedError(111, "Connection refused")
+        if key in self.hang or what == "hang":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(key)
+                raise
         conn = UpstreamConnection(self.ctx.pool, key)
         t = FakeTransport((host, port))
         t.protocol = conn

@@ -54,6 +54,21 @@ async def test_when_every_server_refuses_the_client_gets_502_with_the_reason():
 
 
 @aio
+async def test_a_client_leaving_during_a_retry_cancels_the_retrys_connect():
+    h = Harness(make_ir(SERVERS))
+    h.script = ["refuse", "hang"]
+    client, _ = h.client()
+    feed(client, GET)
+    await h.settle(10)
+    assert len(h.connects) == 2 and h.connects[0] != h.connects[1]  # refused, a retry hangs
+    client.connection_lost(None)
+    await h.settle(10)
+    assert h.cancelled == [h.connects[1]]
+    for key in h.connects:
+        assert h.ctx.balancer.active(key) == 0
+
+
+@aio
 async def test_a_pooled_connection_closed_by_the_server_is_retried_transparently():
     h = Harness(make_ir(SERVERS[:1]))
     client, ct = h.client()
