@@ -25,6 +25,7 @@ import asyncio
 import collections
 import copy
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -115,8 +116,9 @@ class _Watcher:
 class ApiServer:
     """The emulator; ``with ApiServer() as api: api.url ...``."""
 
-    def __init__(self, bookmark_interval: float = 0.5) -> None:
+    def __init__(self, bookmark_interval: float = 0.5, tls: ssl.SSLContext | None = None) -> None:
         self.bookmark_interval = bookmark_interval
+        self.tls = tls
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name)
         self.history: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
         self.rv = 1000
@@ -145,7 +147,7 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
@@ -163,7 +165,9 @@ class ApiServer:
 
     async def _listen(self) -> None:
         assert self._runner is not None
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        self._site = web.TCPSite(
+            self._runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self.tls
+        )
         await self._site.start()
         server = self._site._server
         assert server is not None
