@@ -190,3 +190,23 @@ def test_group_created_through_the_sdk_is_a_custom_resource(
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_killed_leader_is_replaced_when_its_lease_runs_out(
+    api: ApiServer, tmp_path: Path, backends: Servers
+) -> None:
+    setup_tea(api, backends)
+    first = Controller(tmp_path, api.url, identity="c1")
+    second = Controller(tmp_path, api.url, identity="c2")
+    try:
+        first.start()
+        wait_until(lambda: first.info()["leader"], 10, "c1 to lead")
+        second.start()
+        first.stop(signal.SIGKILL)  # no release: the Lease must expire (2 s here)
+        killed = time.monotonic()
+        wait_until(lambda: second.info()["leader"], 10, "c2 to take over")
+        assert time.monotonic() - killed >= 1.0  # not before the Lease ran out
+        second.wait_server("tea.example.com", "tea-1")
+    finally:
+        first.stop()
+        second.stop()
