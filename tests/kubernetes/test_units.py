@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from albingress.servergroups.crstore import CustomResourceStore
 from albingress.servergroups.store import ConflictError
 from albingress.sources.kube import ClusterConfig, KubeClient, SyncKubeClient, load_kubeconfig
 from albingress.sources.kube.lease import LeaderElector
-from tests.kubernetes.apiserver import ApiServer
+from tests.kubernetes.apiserver import BY_KIND, ApiServer
 
 SPEC = {"serverGroupId": "sgp-a1", "serverGroupName": "a1", "serverGroupType": "Ip", "servers": []}
 
@@ -159,3 +160,67 @@ def test_kubeconfig_problems_are_config_errors(tmp_path: Path, text: str, messag
 )
 def test_service_group_ids_parse_back(group_id: str, parsed: object) -> None:
     assert parse_group_id(group_id) == parsed
+
+
+def test_in_cluster_config_reads_the_service_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from albingress.sources.kube import config as kube_config
+
+    (tmp_path / "token").write_text("sa-token\n")
+    (tmp_path / "namespace").write_text("albingress")
+    monkeypatch.setattr(kube_config, "SERVICE_ACCOUNT", tmp_path)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    config = kube_config.in_cluster()
+    assert config.server == "https://127.0.0.1:6443"
+    assert config.namespace == "albingress"
+    assert config.headers() == {"Authorization": "Bearer sa-token"}
+    (tmp_path / "token").write_text("rotated")  # projected tokens rotate: read on each call
+    assert config.headers() == {"Authorization": "Bearer rotated"}
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    with pytest.raises(ConfigError, match="kubeconfig"):
+        kube_config.in_cluster()
+
+
+@pytest.mark.parametrize(
+    ("svc", "want"),
+    [
+        (
+            {
+                "status": {
+                    "loadBalancer": {"ingress": [{"ip": "127.0.5.1"}, {"hostname": "lb.test"}]}
+                }
+            },
+            [{"ip": "127.0.5.1"}, {"hostname": "lb.test"}],
+        ),
+        ({"spec": {"externalIPs": ["127.0.5.2"], "clusterIP": "127.0.5.3"}}, [{"ip": "127.0.5.2"}]),
+        ({"spec": {"clusterIP": "127.0.5.3"}}, [{"ip": "127.0.5.3"}]),
+    ],
+)
+def test_status_address_comes_from_the_published_service(
+    api: ApiServer, svc: dict[str, Any], want: list[dict[str, str]]
+) -> None:
+    from albingress.controller import ControllerOptions, StatusWriter
+
+    body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb", "namespace": "x"}}
+    api.apply({**body, "spec": svc.get("spec", {})})
+    if "status" in svc:
+        api._call(_set_status(api, svc["status"]))
+
+    async def main() -> list[dict[str, str]]:
+        client = KubeClient(ClusterConfig(api.url))
+        try:
+            elector = LeaderElector(client, "x", "lock", "me")
+            options = ControllerOptions(publish_service="x/lb")
+            writer = StatusWriter(client, None, elector, options)  # type: ignore[arg-type]
+            return await writer.addresses()
+        finally:
+            await client.close()
+
+    assert asyncio.run(main()) == want
+
+
+async def _set_status(api: ApiServer, status: dict[str, Any]) -> None:
+    with api._lock:
+        api._write(BY_KIND["Service"], "x", "lb", {"status": status}, "PATCH", "status")
