@@ -278,3 +278,88 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones():
     feed(up, response(b"last"))
     out = bt.take()
     assert out.endswith(b"last") and bt.closing
+
+
+def _mirror_ir():
+    from albingress.ir import (
+        IR,
+        ForwardAction,
+        GroupSource,
+        Listener,
+        PathMatch,
+        PathType,
+        Protocol,
+        Rule,
+        Scheduler,
+        Server,
+        ServerGroup,
+        TrafficMirrorAction,
+        WeightedGroup,
+    )
+
+    def group(gid: str, addr: str) -> ServerGroup:
+        return ServerGroup(
+            gid,
+            gid,
+            GroupSource.SERVER_GROUP,
+            Protocol.HTTP,
+            Scheduler.WRR,
+            (Server(addr, 8000, 100, addr),),
+        )
+
+    rule = Rule(
+        "default/m/rules/0/paths/0",
+        "default/m",
+        10,
+        "",
+        PathMatch(PathType.PREFIX, "/"),
+        (),
+        (TrafficMirrorAction(("sgp-shadow",)), ForwardAction((WeightedGroup("sgp-main", 100),))),
+    )
+    return IR(
+        (Listener(80, "HTTP", (rule,)),),
+        (group("sgp-main", "127.0.1.1"), group("sgp-shadow", "127.0.1.9")),
+    )
+
+
+@aio
+async def test_traffic_mirror_sends_a_copy_and_discards_its_answer():
+    h = Harness(_mirror_ir())
+    client, ct = h.client()
+    feed(client, b"POST /m HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody")
+    await h.settle()
+    by_key = {key: (up, t) for key, up, t in h.upstreams}
+    main_up, main_t = by_key["sgp-main|127.0.1.1:8000"]
+    shadow_up, shadow_t = by_key["sgp-shadow|127.0.1.9:8000"]
+    copy = shadow_t.take()
+    assert copy.startswith(b"POST /m HTTP/1.1\r\n") and copy.endswith(b"\r\n\r\nbody")
+    assert main_t.take() == copy  # the same request
+    feed(shadow_up, response(b"shadow answer"))
+    assert ct.take() == b""  # nothing of the mirror reaches the client
+    feed(main_up, response(b"main answer"))
+    assert ct.take().endswith(b"main answer")
+    assert h.ctx.mirrors_answered == 1 and not h.ctx.mirrors
+    assert h.ctx.pool.idle["sgp-shadow|127.0.1.9:8000"] == [shadow_up]  # reused next time
+
+
+@aio
+async def test_a_failing_mirror_changes_nothing_for_the_client():
+    h = Harness(_mirror_ir())
+    h.refuse = {"sgp-shadow|127.0.1.9:8000"}
+    client, ct = h.client()
+    feed(client, GET)
+    await h.settle()
+    up, _ = h.upstream()
+    feed(up, response(b"fine"))
+    assert ct.take().endswith(b"fine")
+    assert h.ctx.mirrors_failed == 1
+    h.refuse = set()
+    feed(client, GET)  # now the mirror connects, and its server never answers
+    await h.settle()
+    shadow = [(up, t) for key, up, t in h.upstreams if key.startswith("sgp-shadow")]
+    assert len(shadow) == 1 and len(h.ctx.mirrors) == 1
+    main = [up for key, up, _ in h.upstreams if key.startswith("sgp-main")]
+    feed(main[0], response(b"fine again"))
+    assert ct.take().endswith(b"fine again")
+    h.ctx.sweep(h.clock.now + 1000)
+    assert shadow[0][1].aborted and not h.ctx.mirrors and h.ctx.mirrors_failed == 2

@@ -24,6 +24,7 @@ from albingress.ir import IR, Rule
 
 if TYPE_CHECKING:
     from albingress.dataplane.downstream import ClientConnection
+    from albingress.dataplane.mirror import MirrorSink
 
 log = logging.getLogger("albingress.dataplane")
 
@@ -54,6 +55,10 @@ class WorkerContext:
         self.pool = Pool(self)
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self.mirrors: set[MirrorSink] = set()  # TrafficMirror copies in flight
+        self.mirrors_answered = 0
+        self.mirrors_failed = 0
+        self.mirrors_skipped = 0
         self.requests = 0  # requests answered, for the log and tests
 
     def apply(self, ir: IR, version: int) -> None:
@@ -105,6 +110,8 @@ class WorkerContext:
             now = self.clock()
         for conn in list(self.connections):
             conn.check_timeouts(now)
+        for sink in list(self.mirrors):
+            sink.check_timeout(now)
         self.pool.sweep(now)
 
     def start_drain(self) -> None:

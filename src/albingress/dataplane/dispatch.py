@@ -1,7 +1,8 @@
 """Routing a request and carrying out its rule's actions, in ALB's order.
 
 Pre-actions first: TrafficLimit (503 when over), InsertHeader / RemoveHeader (the upstream
-request's headers), Rewrite (its host, path and query); TrafficMirror is not carried out yet.
+request's headers), Rewrite (its host, path and query), TrafficMirror (a copy to each mirror group, see
+:mod:`.mirror`; sent after the other pre-actions, so it sees the rewritten request).
 Then the final action: ForwardGroup hands the request to the balancer
 (:meth:`.exchange.Exchange.forward`), Redirect and FixedResponse are answered here. What each
 action computes lives in :mod:`.actions`; this module only applies it to an exchange.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from albingress.dataplane import actions as act
+from albingress.dataplane.mirror import mirror
 from albingress.ir import (
     FixedResponseAction,
     ForwardAction,
@@ -21,6 +23,7 @@ from albingress.ir import (
     RewriteAction,
     Rule,
     TrafficLimitAction,
+    TrafficMirrorAction,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +98,7 @@ def _pre_actions(ex: Exchange, rule: Rule) -> bool:
     """Run the pre-actions in order; False when the request was answered (limited)."""
     ctx = ex.client.ctx
     header_actions = []
+    mirrors: list[str] = []
     rewritten = False
     host = ex.host.decode("latin-1")
     path, query = ex.path, ex.query
@@ -108,6 +112,8 @@ def _pre_actions(ex: Exchange, rule: Rule) -> bool:
         elif type(action) is RewriteAction:
             host, path, query = act.rewrite(action, host, path, query)
             rewritten = True
+        elif type(action) is TrafficMirrorAction:
+            mirrors += action.group_ids
     if header_actions:
         ex.headers = act.apply_header_actions(
             header_actions,
@@ -125,4 +131,6 @@ def _pre_actions(ex: Exchange, rule: Rule) -> bool:
         target = path + ("?" + query if query else "")
         ex.target = target.encode("latin-1")
         ex.path, ex.query = path, query
+    if mirrors:
+        mirror(ex, tuple(mirrors))
     return True

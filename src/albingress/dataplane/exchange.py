@@ -28,10 +28,7 @@ from albingress.dataplane.flow import BUFFERING, PEER_FULL
 from albingress.dataplane.response import final_head, informational_head
 from albingress.dataplane.upstream import UpstreamConnection
 from albingress.dataplane.wire import CRLF, LAST_CHUNK, chunk, error_body, simple_response
-from albingress.ir import (
-    ForwardAction,
-    Rule,
-)
+from albingress.ir import ForwardAction, Rule, Server
 
 if TYPE_CHECKING:
     from albingress.dataplane.downstream import ClientConnection
@@ -204,6 +201,30 @@ class Exchange:
                     % (raw, self.host, client.xff_line, client.forwarded_end)
                 )
             return
+        parts = self.head_parts(self.pick.server if self.pick is not None else None)
+        if self.body_buf:
+            parts += self.body_buf
+            self.body_sent = True
+            self.body_buf = None
+            self.body_buf_size = 0
+        if conn.transport is not None:
+            conn.transport.write(b"".join(parts))
+        if client.flow.reasons & BUFFERING:
+            client.flow_resume(BUFFERING)
+
+    def head_parts(self, server: Server | None) -> list[bytes]:
+        """The request head for a server (``server`` gives Host to HTTP/1.0 requests without)."""
+        client = self.client
+        raw = self.raw_head
+        if raw is not None:
+            return [
+                raw,
+                b"X-Forwarded-Host: ",
+                self.host,
+                CRLF,
+                client.xff_line,
+                client.forwarded_end,
+            ]
         parts = [self.method.encode(), b" ", self.target, b" HTTP/1.1\r\n"]
         for name, value in self.headers:
             parts += (name, b": ", value, CRLF)
@@ -213,8 +234,7 @@ class Exchange:
             parts.append(client.xff_line)
         if self.host:
             parts += (b"X-Forwarded-Host: ", self.host, CRLF)
-        elif self.pick is not None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
-            server = self.pick.server
+        elif server is not None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
             parts += (b"Host: ", f"{server.address}:{server.port}".encode(), CRLF)
         if self.chunked or self.upgrade:
             parts.append(client.forwarded_const)
@@ -225,15 +245,7 @@ class Exchange:
             parts.append(CRLF)
         else:
             parts.append(client.forwarded_end)
-        if self.body_buf:
-            parts += self.body_buf
-            self.body_sent = True
-            self.body_buf = None
-            self.body_buf_size = 0
-        if conn.transport is not None:
-            conn.transport.write(b"".join(parts))
-        if client.flow.reasons & BUFFERING:
-            client.flow_resume(BUFFERING)
+        return parts
 
     def body(self, data: bytes) -> None:
         """A piece of the request body (decoded when chunked)."""
