@@ -1,8 +1,8 @@
 """Routing a request and carrying out its rule's actions, in ALB's order.
 
 Pre-actions first: TrafficLimit (503 when over), InsertHeader / RemoveHeader (the upstream
-request's headers), Rewrite (its host, path and query), TrafficMirror (a copy to each mirror group, see
-:mod:`.mirror`; sent after the other pre-actions, so it sees the rewritten request).
+request's headers), Rewrite (its host, path and query), TrafficMirror (a copy to each mirror
+group, see :mod:`.mirror`; sent after the other pre-actions, so it sees the rewritten request).
 Then the final action: ForwardGroup hands the request to the balancer
 (:meth:`.exchange.Exchange.forward`), Redirect and FixedResponse are answered here. What each
 action computes lives in :mod:`.actions`; this module only applies it to an exchange.
