@@ -251,6 +251,23 @@ async def test_websocket_upgrade_is_tunnelled_after_the_101():
 
 
 @aio
+async def test_a_client_closing_its_side_ends_the_tunnel():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, _ = h.client()
+    feed(
+        client, b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    await h.settle()
+    up, ut = h.upstream()
+    feed(
+        up, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    assert client.eof_received() is False  # asyncio closes the client side then
+    client.connection_lost(None)
+    assert ut.closing and h.ctx.balancer.active(up.key) == 0
+
+
+@aio
 async def test_an_upgrade_refused_by_the_server_is_relayed_then_closed():
     h = Harness(make_ir(SERVERS[:1]))
     client, ct = h.client()

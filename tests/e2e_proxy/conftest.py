@@ -90,8 +90,11 @@ def proxy(tmp_path: Path) -> Iterator[Callable[..., tuple[Proc, int]]]:
         return Proc(proc, info), int(info["listening"]["80"][1])
 
     yield start
+    codes = []
     for proc in started:
         _stop(proc)
+        codes.append(proc.returncode)
+    assert codes == [0] * len(started), f"the proxy did not drain and exit 0: {codes}"
 
 
 def get(

@@ -137,6 +137,8 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.stopped = True
+        if self.tunnel is not None or self.upgrading is not None:
+            return False  # a tunnel ends with either side: close, and the server's side too
         # keep the socket open for the answer to a request already read
         return bool(self.current is not None or self.queue)
 
