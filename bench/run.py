@@ -376,7 +376,11 @@ def scenario_rules(
     measure([small, big], wrk, script, args)
     print_table([small, big])
     ratio = big.median("rps") / small.median("rps")
-    print(f"\n{args.rules} rules / 10 rules requests/s: {ratio:.3f}x")
+    per_cpu = big.per_cpu() / small.per_cpu() if small.per_cpu() else 0.0
+    print(
+        f"\n{args.rules} rules / 10 rules: requests/s {ratio:.3f}x,"
+        f" requests per CPU-second {per_cpu:.3f}x"
+    )
 
 
 # --------------------------------------------------------------------------- main
