@@ -254,6 +254,10 @@ class StatusWriter:
                 for obj in found:
                     await self._event(obj, "FailedBuildModel", diags, True)
         await self._server_groups(result, errors)
+        live = {
+            o.key for kind in ("Ingress", "ServerGroup") for o in self.runtime.kube.objects(kind)
+        }
+        self._events = {k: v for k, v in self._events.items() if k in live or k in errors}
 
     async def _event(
         self, obj: K8sObject, reason: str, diags: list[Diagnostic], warn: bool
