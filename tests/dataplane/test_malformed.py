@@ -184,3 +184,11 @@ async def test_too_many_connections_are_refused_clearly():
     out = conns[2][1].take()
     assert out.startswith(b"HTTP/1.1 503 ") and b"too many connections" in out
     assert conns[2][1].closing
+
+
+@aio
+async def test_too_many_header_fields_get_431():
+    h = Harness(make_ir(SERVERS), ProxySettings(max_headers=20))
+    client, ct = h.client()
+    feed(client, b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 30 + b"\r\n")
+    assert ct.take().startswith(b"HTTP/1.1 431 ") and ct.closing and h.connects == []

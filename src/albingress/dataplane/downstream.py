@@ -214,9 +214,11 @@ class ClientConnection(asyncio.Protocol):
         forwarded as it came (plus X-Forwarded-*), to a rule that only forwards. llhttp checks it
         with no per-header callback; on any doubt, False, and the full parser takes ``data`` from
         the start, as if this had not been tried."""
+        settings = self.ctx.settings
         if (
             data.find(b"\r\n\r\n") != len(data) - 4
-            or len(data) > self.ctx.settings.max_header_bytes
+            or len(data) > settings.max_header_bytes
+            or data.count(b"\n") > settings.max_headers + 2
         ):
             return False
         v = self.validator
