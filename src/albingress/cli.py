@@ -16,36 +16,19 @@ from albingress import __version__, ir
 from albingress.compile.compiler import CompileOptions, CompileResult, compile_snapshot
 from albingress.compile.render import render_plan
 from albingress.diagnostics import ConfigError
+from albingress.flags import (
+    FlagError,
+    add_balancer_flags,
+    add_network_flags,
+    balancer_options,
+    network_from_args,
+)
 from albingress.model.servergroup import NetworkSettings
 from albingress.sources import files
 
 
 class UsageError(Exception):
     """The command line is wrong: exit 2."""
-
-
-def _network(args: argparse.Namespace) -> NetworkSettings:
-    try:
-        return NetworkSettings.from_strings(
-            tuple(args.vpc_cidr or ()), tuple(args.remote_cidr or ())
-        )
-    except ValueError as exc:
-        raise UsageError(f"bad CIDR: {exc}") from exc
-
-
-def _add_network_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--vpc-cidr",
-        action="append",
-        metavar="CIDR",
-        help="the load balancer's own network (repeatable; default 127.0.0.0/8)",
-    )
-    p.add_argument(
-        "--remote-cidr",
-        action="append",
-        metavar="CIDR",
-        help="ranges remote (RemoteIpEnabled) servers may be in (repeatable; default: private ranges)",
-    )
 
 
 def compile_paths(paths: Sequence[str], network: NetworkSettings) -> CompileResult:
@@ -57,7 +40,7 @@ def compile_paths(paths: Sequence[str], network: NetworkSettings) -> CompileResu
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = compile_paths(args.paths, _network(args))
+    result = compile_paths(args.paths, network_from_args(args))
     diags = result.diagnostics
     if args.format == "json":
         print(json.dumps([d.to_json() for d in diags], indent=2))
@@ -76,7 +59,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    result = compile_paths(args.paths, _network(args))
+    result = compile_paths(args.paths, network_from_args(args))
     if args.format == "json":
         print(json.dumps(ir.to_json(result.ir), indent=2, sort_keys=True))
     else:
@@ -106,7 +89,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         headers.append((name.strip().encode(), value.strip().encode()))
     path, _, query = args.path.partition("?")
     try:
-        table, unhealthy = explain.load(args.manifests, args.admin, _network(args))
+        table, unhealthy = explain.load(args.manifests, args.admin, network_from_args(args))
     except OSError as exc:
         print(
             f"albingress explain: cannot reach the admin API at {args.admin}: {exc}",
@@ -133,18 +116,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from albingress.serve import ServeOptions, parse_address, parse_listen, run
+    from albingress.serve import run
 
     _setup_logging(args.log_level)
-    options = ServeOptions(
-        manifests=Path(args.manifests),
-        listen=parse_listen(args.listen or ()),
-        admin=parse_address(args.admin, "--admin"),
-        state=Path(args.state),
-        workers=args.workers,
-        network=_network(args),
-        credentials=Path(args.credentials) if args.credentials else None,
-    )
+    options = balancer_options(args, Path(args.manifests))
     if not options.manifests.is_dir():
         raise UsageError(f"--manifests {args.manifests}: not a directory")
     if options.admin[0] not in ("127.0.0.1", "::1", "localhost"):
@@ -168,23 +143,6 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _add_serve_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--listen",
-        action="append",
-        metavar="PORT=HOST:PORT",
-        help="bind ALB listener PORT to a local address (default 80=127.0.0.1:8080, 443=127.0.0.1:8443)",
-    )
-    p.add_argument("--admin", default="127.0.0.1:9080", metavar="HOST:PORT", help="admin address")
-    p.add_argument("--state", default=".albingress/state.db", help="state file (SQLite)")
-    p.add_argument(
-        "--workers", type=int, default=0, help="worker processes (default: one per core)"
-    )
-    p.add_argument("--credentials", help="AccessKey file for the server-group API")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    _add_network_flags(p)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="albingress",
@@ -196,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check manifests; one line per problem")
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or directories")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    _add_network_flags(p)
+    add_network_flags(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", help="print the routing table the load balancer would use")
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or directories")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    _add_network_flags(p)
+    add_network_flags(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("explain", help="which rule a request hits, its server groups, and why")
@@ -215,14 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-ip", default="127.0.0.1")
     p.add_argument("--listener", type=int, default=80, help="ALB listener port (default 80)")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    _add_network_flags(p)
+    add_network_flags(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("serve", help="run the load balancer from a directory of manifests")
     p.add_argument(
         "--manifests", required=True, metavar="DIR", help="manifests directory (watched)"
     )
-    _add_serve_flags(p)
+    add_balancer_flags(p)
     p.set_defaults(func=cmd_serve)
 
     from albingress import demo
@@ -249,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code: int = args.func(args)
-    except UsageError as exc:
+    except (UsageError, FlagError) as exc:
         print(f"albingress {args.command}: {exc}", file=sys.stderr)
         return 2
     except ConfigError as exc:
