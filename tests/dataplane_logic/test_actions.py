@@ -51,6 +51,18 @@ REDIRECT_CASES = [
         "https://b.com/new/old?from=a.com&k=v",
     ),
     (
+        "http to https on the default port goes to 443",
+        RedirectAction(protocol="HTTPS"),
+        ("http", "a.com", 80, "/x", "q=1"),
+        "https://a.com/x?q=1",
+    ),
+    (
+        "http to https on another port keeps it",
+        RedirectAction(protocol="HTTPS"),
+        ("http", "a.com:8080", 8080, "/x", ""),
+        "https://a.com:8080/x",
+    ),
+    (
         "empty query is left out",
         RedirectAction(query="${query}"),
         ("http", "a.com", 80, "/", ""),

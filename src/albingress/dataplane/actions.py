@@ -72,6 +72,8 @@ def redirect_location(
     """The Location of a Redirect action for a request to ``scheme://host:port/path?query``.
 
     Default ports (80 for http, 443 for https) are left out of the result, as is an empty query.
+    When the scheme changes, a request on the old scheme's default port goes to the new scheme's
+    default port unless the action names a port.
     """
     scheme = scheme.lower()
     values = {
@@ -84,6 +86,14 @@ def redirect_location(
     new_scheme = _substitute(action.protocol, values).strip().lower() or scheme
     new_host = _substitute(action.host, values).strip() or values["host"]
     new_port = _substitute(action.port, values).strip()
+    if (
+        new_scheme != scheme
+        and action.port.strip() == "${port}"
+        and port == _DEFAULT_PORTS.get(scheme)
+    ):
+        # http://h/ -> https with the port left as it was: the new scheme's default port, not
+        # https://h:80/ (the usual HTTP-to-HTTPS redirect names no port).
+        new_port = ""
     new_path = _substitute(action.path, values) or "/"
     if not new_path.startswith("/"):
         new_path = "/" + new_path
