@@ -25,22 +25,36 @@ from albingress.flags import (
 )
 from albingress.model.servergroup import NetworkSettings
 from albingress.sources import files
+from albingress.sources.snapshot import with_api_groups
 
 
 class UsageError(Exception):
     """The command line is wrong: exit 2."""
 
 
-def compile_paths(paths: Sequence[str], network: NetworkSettings) -> CompileResult:
+def compile_paths(
+    paths: Sequence[str], network: NetworkSettings, state: str | None = None
+) -> CompileResult:
+    """Compile manifests, with the server groups of a state file when one is named."""
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or directory: {', '.join(missing)}")
     snapshot = files.load(paths)
+    if state is not None:
+        if not Path(state).is_file():
+            raise UsageError(f"--state {state}: no such state file")
+        from albingress.servergroups.sqlite import SqliteStore
+
+        store = SqliteStore(state)
+        try:
+            snapshot = with_api_groups(snapshot, store.objects(), f"state:{state}")
+        finally:
+            store.close()
     return compile_snapshot(snapshot, CompileOptions(network=network))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = compile_paths(args.paths, network_from_args(args))
+    result = compile_paths(args.paths, network_from_args(args), args.state)
     diags = result.diagnostics
     if args.format == "json":
         print(json.dumps([d.to_json() for d in diags], indent=2))
@@ -59,7 +73,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    result = compile_paths(args.paths, network_from_args(args))
+    result = compile_paths(args.paths, network_from_args(args), args.state)
     if args.format == "json":
         print(json.dumps(ir.to_json(result.ir), indent=2, sort_keys=True))
     else:
@@ -154,12 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check manifests; one line per problem")
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or directories")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--state", help="also use the server groups of this state file (serve's SQLite)")
     add_network_flags(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", help="print the routing table the load balancer would use")
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or directories")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--state", help="also use the server groups of this state file (serve's SQLite)")
     add_network_flags(p)
     p.set_defaults(func=cmd_plan)
 

@@ -33,13 +33,13 @@ from albingress.api.server import AdminRequest, AdminResponse, AdminServer, Hand
 from albingress.compile.compiler import CompileOptions, CompileResult, compile_snapshot
 from albingress.dataplane.settings import ProxySettings
 from albingress.dataplane.supervisor import Supervisor
-from albingress.diagnostics import ConfigError, Diagnostic, ObjectRef, Severity
+from albingress.diagnostics import ConfigError, Diagnostic
 from albingress.model.servergroup import NetworkSettings
 from albingress.servergroups.health import HealthChecker
 from albingress.servergroups.sqlite import SqliteStore
 from albingress.servergroups.store import ServerGroupStore
 from albingress.sources import Source
-from albingress.sources.snapshot import K8sObject, Snapshot
+from albingress.sources.snapshot import K8sObject, Snapshot, with_api_groups
 from albingress.sources.watch import FilesSource
 
 log = logging.getLogger("albingress.serve")
@@ -109,29 +109,7 @@ class Runtime:
     # ----------------------------------------------------------------- compile
 
     def snapshot(self) -> Snapshot:
-        snap = self.source.snapshot()
-        declared = {
-            str(o.spec.get("serverGroupId") or o.name): o for o in snap.of_kind("ServerGroup")
-        }
-        extra: list[K8sObject] = []
-        problems: list[Diagnostic] = []
-        where = "api"
-        for body in self.store.objects():
-            name = str(body["metadata"]["name"])
-            if name in declared:
-                problems.append(
-                    Diagnostic(
-                        "ServerGroup.DuplicateId",
-                        Severity.ERROR,
-                        ObjectRef("ServerGroup", "default", name, where),
-                        "spec.serverGroupId",
-                        f"server group {name} was created through the API and is also declared in "
-                        f"{declared[name].file}; the manifest wins",
-                    )
-                )
-                continue
-            extra.append(K8sObject("ServerGroup", "default", f"api:{name}", body, where))
-        return Snapshot.build((*snap.objects, *extra), (*snap.diagnostics, *problems))
+        return with_api_groups(self.source.snapshot(), self.store.objects())
 
     def compile(self) -> CompileResult:
         snap = self.snapshot()

@@ -87,3 +87,40 @@ def test_plan_json_is_the_ir() -> None:
     (rule,) = listener["rules"]
     weights = [(g["group_id"], g["weight"]) for g in rule["actions"][-1]["groups"]]
     assert weights == [("svc:default/tea-svc:80", 80), ("svc:default/coffee-svc:80", 20)]
+
+
+def test_plan_and_validate_use_the_server_groups_of_a_state_file(tmp_path: Path) -> None:
+    from albingress.model.servergroup import NetworkSettings
+    from albingress.servergroups.sqlite import SqliteStore
+    from albingress.servergroups.validate import normalize_group_spec
+
+    store = SqliteStore(tmp_path / "state.db")
+    spec, problems = normalize_group_spec(
+        {
+            "serverGroupName": "from-api",
+            "serverGroupType": "Ip",
+            "servers": [{"serverType": "Ip", "serverIp": "127.0.7.1", "port": 8080}],
+        },
+        NetworkSettings(),
+    )
+    assert problems == []
+    store.create("sgp-fromapi1", spec)
+    store.create("sgp-fromapi2", {**spec, "serverGroupName": "also-api"})
+    store.close()
+    ingress = tmp_path / "ingress.yaml"
+    ingress.write_text(
+        (SEED / "scenario2" / "tea-ingress.yaml")
+        .read_text()
+        .replace("sgp-71aexb9y93ypo*****", "sgp-fromapi1")
+        .replace("sgp-slygpbvm2cydo*****", "sgp-fromapi2")
+    )
+    plain = run("validate", str(SEED / "common"), str(ingress))
+    assert plain.returncode == 1
+    assert "Backend.ServerGroupNotFound" in plain.stdout
+    with_state = run(
+        "plan", str(SEED / "common"), str(ingress), "--state", str(tmp_path / "state.db")
+    )
+    assert with_state.returncode == 0, with_state.stderr
+    assert "from-api [sgp-fromapi1]" in with_state.stdout  # the API-created group, by its name
+    assert "127.0.7.1:8080 w100" in with_state.stdout
+    assert run("plan", str(SEED), "--state", str(tmp_path / "missing.db")).returncode == 2

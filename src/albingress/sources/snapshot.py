@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from albingress.diagnostics import Diagnostic, ObjectRef
+from albingress.diagnostics import Diagnostic, ObjectRef, Severity
 
 # (apiVersion group, kind) pairs we read; anything else is skipped.
 KINDS: dict[str, tuple[str, ...]] = {
@@ -90,3 +90,34 @@ class Snapshot:
     def merged(self, others: Iterable[K8sObject]) -> Snapshot:
         """A new snapshot with ``others`` added (they win over objects of the same identity)."""
         return Snapshot.build((*self.objects, *others), self.diagnostics)
+
+
+def with_api_groups(
+    snapshot: Snapshot, bodies: Iterable[dict[str, Any]], where: str = "api"
+) -> Snapshot:
+    """``snapshot`` plus server groups created through the API (ServerGroup object bodies).
+
+    An ID that a manifest also declares is an error on the API's copy, and the manifest wins: what
+    is written in files is what the user reviews.
+    """
+    declared = {
+        str(o.spec.get("serverGroupId") or o.name): o for o in snapshot.of_kind("ServerGroup")
+    }
+    extra: list[K8sObject] = []
+    problems: list[Diagnostic] = []
+    for body in bodies:
+        name = str(body["metadata"]["name"])
+        if name in declared:
+            problems.append(
+                Diagnostic(
+                    "ServerGroup.DuplicateId",
+                    Severity.ERROR,
+                    ObjectRef("ServerGroup", "default", name, where),
+                    "spec.serverGroupId",
+                    f"server group {name} was created through the API and is also declared in "
+                    f"{declared[name].file}; the manifest wins",
+                )
+            )
+            continue
+        extra.append(K8sObject("ServerGroup", "default", f"api:{name}", body, where))
+    return Snapshot.build((*snapshot.objects, *extra), (*snapshot.diagnostics, *problems))
