@@ -104,8 +104,10 @@ def test_plan_and_validate_use_the_server_groups_of_a_state_file(tmp_path: Path)
         NetworkSettings(),
     )
     assert problems == []
-    store.create("sgp-fromapi1", spec)
-    store.create("sgp-fromapi2", {**spec, "serverGroupName": "also-api"})
+    store.create("sgp-fromapi1", {**spec, "serverGroupId": "sgp-fromapi1"})
+    store.create(
+        "sgp-fromapi2", {**spec, "serverGroupId": "sgp-fromapi2", "serverGroupName": "also-api"}
+    )
     store.close()
     ingress = tmp_path / "ingress.yaml"
     ingress.write_text(
