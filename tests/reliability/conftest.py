@@ -1,0 +1,101 @@
+"""Fixtures of the reliability suite: ``albingress serve`` (a real process) in front of stub servers.
+
+Stub servers stand on 127.0.7.x and 127.0.8.x, addresses no other test directory uses. The
+routes: ``r.example.com`` -> Service ``good`` (two pods, 127.0.7.1 and 127.0.7.2);
+``bad.example.com`` -> Service ``bad`` (one pod, 127.0.7.3, that misbehaves on request).
+No rule has a default backend: any other Host is a 404 from the proxy itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Serve
+from tests.reliability.stubs import StubServer
+
+PORT = 8080
+
+
+def service(name: str, *addresses: str, port: int = PORT) -> str:
+    endpoints = "\n".join(
+        f'  - addresses: ["{a}"]\n    conditions: {{ready: true}}' for a in addresses
+    )
+    return f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-x
+  labels: {{kubernetes.io/service-name: {name}}}
+ports: [{{name: http, port: {port}}}]
+endpoints:
+{endpoints}
+---
+"""
+
+
+def ingress(name: str, host: str, svc: str) -> str:
+    return f"""\
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: {name}}}
+spec:
+  ingressClassName: alb
+  rules:
+  - host: {host}
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}
+---
+"""
+
+
+MANIFESTS = {
+    "services.yaml": service("good", "127.0.7.1", "127.0.7.2") + service("bad", "127.0.7.3"),
+    "ingresses.yaml": ingress("good", "r.example.com", "good")
+    + ingress("bad", "bad.example.com", "bad"),
+}
+
+# Short timeouts so the timeout cases finish quickly; the rest are the defaults.
+FLAGS = ("--idle-timeout", "2", "--response-timeout", "2", "--connect-timeout", "1")
+
+
+class Stubs:
+    def __init__(self) -> None:
+        self.g1 = StubServer("g1", "127.0.7.1", PORT)
+        self.g2 = StubServer("g2", "127.0.7.2", PORT)
+        self.bad = StubServer("bad", "127.0.7.3", PORT)
+        self.all = (self.g1, self.g2, self.bad)
+
+    def received(self) -> int:
+        return sum(len(s.heads) for s in self.all)
+
+    def stop(self) -> None:
+        for s in self.all:
+            s.stop()
+
+
+@pytest.fixture(scope="package")
+def stubs() -> Iterator[Stubs]:
+    s = Stubs()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="package")
+def lb(tmp_path_factory: pytest.TempPathFactory, stubs: Stubs) -> Iterator[Serve]:
+    serve = Serve(tmp_path_factory.mktemp("reliability"), workers=2, extra=FLAGS)
+    try:
+        for name, text in MANIFESTS.items():
+            serve.write(name, text)
+        serve.start()
+        yield serve
+    finally:
+        assert serve.stop() == 0, Path(serve.log).read_text()[-3000:]
