@@ -23,7 +23,9 @@ from albingress.dataplane.upstream import Pool
 from albingress.ir import IR, Rule
 
 if TYPE_CHECKING:
+    from albingress.dataplane.accesslog import AccessLog
     from albingress.dataplane.downstream import ClientConnection
+    from albingress.dataplane.metrics import WorkerMetrics
     from albingress.dataplane.mirror import MirrorSink
 
 log = logging.getLogger("albingress.dataplane")
@@ -60,6 +62,8 @@ class WorkerContext:
         self.mirrors_failed = 0
         self.mirrors_skipped = 0
         self.requests = 0  # requests answered, for the log and tests
+        self.metrics: WorkerMetrics | None = None  # counters and access log; None: neither
+        self.access_log: AccessLog | None = None  # also makes requests carry an X-Request-Id
 
     def apply(self, ir: IR, version: int) -> None:
         """Swap in a new configuration: a new table, the balancer updated in place."""

@@ -77,6 +77,15 @@ class Exchange:
     resp_done = False
     close_after = False
     finished = False
+    # for the metrics and the access log (see .metrics, .accesslog)
+    status = 0  # the status sent to the client (0: none yet)
+    upstream_status = 0  # the status the server answered (0: no server answered)
+    sent_at = 0.0  # when the request was sent to the (last) server, ctx.clock()
+    reason = ""  # why the proxy answered an error itself
+    bytes_out = 0  # response bytes for the client (tunnels not counted)
+    body_in = 0  # request body bytes received
+    request_id = ""  # X-Request-Id, when an access log is written
+    rid_line = b""  # an X-Request-Id header line generated here, added upstream
 
     def __init__(
         self,
@@ -96,6 +105,7 @@ class Exchange:
         self.query = query
         self.raw_headers = raw_headers  # as received: what rules match
         self.headers = headers  # to forward: hop-by-hop and X-Forwarded-* removed
+        self.started = client.ctx.clock()
 
     # ----------------------------------------------------------------- the rule's actions
 
@@ -181,7 +191,12 @@ class Exchange:
         client = self.client
         self.upstream = conn
         self.reused = reused
-        conn.begin(self, self.head_only, client.ctx.clock())
+        ctx = client.ctx
+        self.sent_at = now = ctx.clock()
+        conn.begin(self, self.head_only, now)
+        access_log = ctx.access_log
+        if access_log is not None and not self.request_id:
+            self.rid_line = access_log.request_id(self)
         pick = self.pick
         self.plain = (
             self.keep_alive
@@ -197,8 +212,8 @@ class Exchange:
         if raw is not None:  # the fast lane: as received, plus what the proxy adds
             if conn.transport is not None:
                 conn.transport.write(
-                    b"%sX-Forwarded-Host: %s\r\n%s%s"
-                    % (raw, self.host, client.xff_line, client.forwarded_end)
+                    b"%sX-Forwarded-Host: %s\r\n%s%s%s"
+                    % (raw, self.host, self.rid_line, client.xff_line, client.forwarded_end)
                 )
             return
         parts = self.head_parts(self.pick.server if self.pick is not None else None)
@@ -222,6 +237,7 @@ class Exchange:
                 b"X-Forwarded-Host: ",
                 self.host,
                 CRLF,
+                self.rid_line,
                 client.xff_line,
                 client.forwarded_end,
             ]
@@ -232,6 +248,8 @@ class Exchange:
             parts += (b"X-Forwarded-For: ", self.xff, b", ", client.ip_bytes, CRLF)
         else:
             parts.append(client.xff_line)
+        if self.rid_line:
+            parts.append(self.rid_line)
         if self.host:
             parts += (b"X-Forwarded-Host: ", self.host, CRLF)
         elif server is not None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
@@ -251,6 +269,7 @@ class Exchange:
         """A piece of the request body (decoded when chunked)."""
         if self.resp_done or self.finished:
             return
+        self.body_in += len(data)
         piece = chunk(data) if self.chunked else data
         conn = self.upstream
         if conn is not None:
@@ -297,6 +316,7 @@ class Exchange:
         if pick is not None and self.attempts:
             self.client.ctx.balancer.report_success(pick.key)
         self.resp_started = True
+        self.status = self.upstream_status = conn.status
         self._emit(final_head(self, conn))
 
     def relay_plain(self, data: bytes) -> None:
@@ -304,6 +324,8 @@ class Exchange:
         self.upstream = None
         client = self.client
         self.resp_started = self.resp_done = True
+        self.status = self.upstream_status = int(data[9:12])
+        self.bytes_out += len(data)
         client.write(data)
         pick = self.pick
         if self.req_done and not self.finished:  # the usual end, without the general path
@@ -313,6 +335,9 @@ class Exchange:
                 balancer = client.ctx.balancer
                 balancer.report_success(pick.key)
                 balancer.release(pick.key)
+            metrics = client.ctx.metrics
+            if metrics is not None:
+                metrics.done(self, pick)
             client.exchange_done(self)
             return
         if pick is not None:
@@ -331,6 +356,7 @@ class Exchange:
             self.client.write_many(out)
 
     def _emit(self, data: bytes) -> None:
+        self.bytes_out += len(data)
         out = self.out
         if out is None:
             self.out = [data]
@@ -435,6 +461,7 @@ class Exchange:
             or bool(self.upgrade)
             or self.close_after
         )
+        self.status = code
         self._emit(simple_response(code, body, close=close, extra=extra, head_only=self.head_only))
         self.flush()
         self.resp_started = self.resp_done = True
@@ -442,6 +469,7 @@ class Exchange:
         self.maybe_done()
 
     def fail(self, code: int, reason: str) -> None:
+        self.reason = reason
         if self.resp_started:
             self.client.abort()
             self._finish()
@@ -486,7 +514,11 @@ class Exchange:
             return
         self.finished = True
         pick = self.pick
+        ctx = self.client.ctx
         if pick is not None:
             self.pick = None
-            self.client.ctx.balancer.release(pick.key)
+            ctx.balancer.release(pick.key)
+        metrics = ctx.metrics
+        if metrics is not None:
+            metrics.done(self, pick)
         self.client.exchange_done(self)
