@@ -1,0 +1,255 @@
+"""Worker-side counters: what each finished request adds, and the snapshot sent to the supervisor.
+
+The hot path is one call per finished request (:meth:`WorkerMetrics.done`, from
+:mod:`.exchange`): a dict increment keyed by a tuple ``(listener port, rule name, server group
+id, server key, status)``, and one bucket increment in each of two fixed-bucket histograms (the
+whole request by listener and rule; the upstream part by server). No label strings are built and
+no lock is taken: each worker is single-threaded and owns its counters.
+
+Every second, and whenever the supervisor asks (``{"type": "metrics"}`` on the control channel),
+the worker writes a cumulative snapshot (:meth:`WorkerMetrics.snapshot`) as one JSON line on its
+stdout. The supervisor keeps the latest snapshot of each worker and adds them up
+(:func:`merge`); :mod:`albingress.api.metrics` turns the sum into Prometheus text.
+
+Series of rules and servers that a new config no longer has are dropped here
+(:meth:`WorkerMetrics.prune`) and filtered again where they are rendered.
+
+Status 499 stands for "the client went away before an answer was sent" (nginx's convention).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from albingress.ir import IR, server_key
+
+if TYPE_CHECKING:
+    from albingress.dataplane.accesslog import AccessLog
+    from albingress.dataplane.balancer import Pick
+    from albingress.dataplane.exchange import Exchange
+
+# Upper bounds (seconds) of the latency histogram buckets; one more bucket counts the rest (+Inf).
+BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_NB = len(BUCKETS) + 1  # counts per histogram, the last one for +Inf
+RECENT_ERRORS = 20  # errors each worker remembers for the live page
+CLIENT_GONE = 499
+
+RequestKey = tuple[int, str, str, str, int]  # port, rule, group id, server key, status
+RuleKey = tuple[int, str]  # port, rule
+
+
+def _new_hist() -> list[float]:
+    """``_NB`` bucket counts (not cumulative), then the sum of observations."""
+    return [0] * _NB + [0.0]
+
+
+class WorkerMetrics:
+    """The counters of one worker process, and its access log (both optional)."""
+
+    def __init__(
+        self,
+        *,
+        metrics: bool = True,
+        access_log: AccessLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.enabled = metrics
+        self.access_log = access_log
+        self.clock = clock
+        self.wall = wall
+        self.requests: dict[RequestKey, int] = {}
+        self.request_seconds: dict[RuleKey, list[float]] = {}
+        self.upstream_seconds: dict[str, list[float]] = {}
+        self.retries: dict[RuleKey, int] = {}
+        self.errors: collections.deque[list[Any]] = collections.deque(maxlen=RECENT_ERRORS)
+        self.seq = 0
+
+    # ----------------------------------------------------------------- the hot path
+
+    def done(self, ex: Exchange, pick: Pick | None) -> None:
+        """``ex`` is finished; ``pick`` is the server that answered it, if any."""
+        now = self.clock()
+        status = ex.status or CLIENT_GONE
+        rule = ex.rule
+        port = ex.client.listener_port
+        rname = rule.name if rule is not None else ""
+        if pick is not None:
+            gid = pick.group.id
+            skey = pick.key
+        else:
+            gid = skey = ""
+        duration = now - ex.started
+        sent = ex.sent_at
+        upstream = now - sent if sent else -1.0
+        if self.enabled:
+            key = (port, rname, gid, skey, status)
+            reqs = self.requests
+            reqs[key] = reqs.get(key, 0) + 1
+            rkey = (port, rname)
+            hist = self.request_seconds.get(rkey)
+            if hist is None:
+                hist = self.request_seconds[rkey] = _new_hist()
+            hist[bisect_left(BUCKETS, duration)] += 1
+            hist[_NB] += duration
+            if upstream >= 0 and skey:
+                hist = self.upstream_seconds.get(skey)
+                if hist is None:
+                    hist = self.upstream_seconds[skey] = _new_hist()
+                hist[bisect_left(BUCKETS, upstream)] += 1
+                hist[_NB] += upstream
+            if ex.attempts > 1:
+                self.retries[rkey] = self.retries.get(rkey, 0) + ex.attempts - 1
+            if status >= 500:
+                self.errors.append(
+                    [
+                        round(self.wall(), 3),
+                        port,
+                        rname,
+                        gid,
+                        skey,
+                        status,
+                        ex.reason,
+                        ex.method,
+                        ex.host.decode("latin-1"),
+                        ex.path,
+                    ]
+                )
+        log = self.access_log
+        if log is not None:
+            log.record(ex, pick, status, duration, upstream)
+
+    # ----------------------------------------------------------------- upkeep
+
+    def prune(self, ir: IR) -> None:
+        """Forget the series of rules and servers ``ir`` no longer has."""
+        rules = {r.name for lst in ir.listeners for r in lst.rules} | {""}
+        servers = {
+            server_key(g.id, s.address, s.port) for g in ir.server_groups for s in g.servers
+        } | {""}
+        self.requests = {
+            k: v for k, v in self.requests.items() if k[1] in rules and k[3] in servers
+        }
+        self.request_seconds = {k: v for k, v in self.request_seconds.items() if k[1] in rules}
+        self.retries = {k: v for k, v in self.retries.items() if k[1] in rules}
+        self.upstream_seconds = {k: v for k, v in self.upstream_seconds.items() if k in servers}
+
+    def snapshot(self, connections: int = 0, busy: int = 0) -> dict[str, Any]:
+        """Everything counted so far (cumulative), JSON-ready."""
+        self.seq += 1
+        log = self.access_log
+        return {
+            "type": "metrics",
+            "seq": self.seq,
+            "connections": connections,
+            "busy": busy,
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "request_seconds": [[*k, v] for k, v in self.request_seconds.items()],
+            "upstream_seconds": [[k, v] for k, v in self.upstream_seconds.items()],
+            "retries": [[*k, v] for k, v in self.retries.items()],
+            "errors": list(self.errors),
+            "log": log.stats() if log is not None else None,
+        }
+
+
+# --------------------------------------------------------------------------- adding up workers
+
+
+@dataclass(slots=True)
+class Totals:
+    """The sum of worker snapshots (mutable: built by :func:`merge`)."""
+
+    requests: dict[RequestKey, int] = field(default_factory=dict)
+    request_seconds: dict[RuleKey, list[float]] = field(default_factory=dict)
+    upstream_seconds: dict[str, list[float]] = field(default_factory=dict)
+    retries: dict[RuleKey, int] = field(default_factory=dict)
+    errors: list[list[Any]] = field(default_factory=list)
+    connections: int = 0
+    busy: int = 0
+    log_lines: int = 0
+    log_dropped: int = 0
+    log_failures: int = 0
+    log_error: str = ""
+
+    def as_snapshot(self) -> dict[str, Any]:
+        """A snapshot-shaped dict of these totals (to keep the counts of a retired worker)."""
+        return {
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "request_seconds": [[*k, v] for k, v in self.request_seconds.items()],
+            "upstream_seconds": [[k, v] for k, v in self.upstream_seconds.items()],
+            "retries": [[*k, v] for k, v in self.retries.items()],
+            "errors": self.errors,
+            "log": {
+                "lines": self.log_lines,
+                "dropped": self.log_dropped,
+                "failures": self.log_failures,
+                "error": "",
+            },
+        }
+
+
+def _add_hist(into: dict[Any, list[float]], key: Any, values: list[float]) -> None:
+    if len(values) != _NB + 1:
+        return
+    have = into.get(key)
+    if have is None:
+        into[key] = [float(v) for v in values]
+    else:
+        for i, v in enumerate(values):
+            have[i] += v
+
+
+def merge(snapshots: Iterable[Mapping[str, Any]], live: bool = True) -> Totals:
+    """Add up snapshots; a malformed entry is skipped (a worker's bug must not break a scrape).
+
+    ``live``: whether the gauges (connections) of these snapshots count.
+    """
+    t = Totals()
+    errors: list[list[Any]] = []
+    for snap in snapshots:
+        try:
+            for *k, v in snap.get("requests", ()):
+                key = (int(k[0]), str(k[1]), str(k[2]), str(k[3]), int(k[4]))
+                t.requests[key] = t.requests.get(key, 0) + int(v)
+            for port, rule, values in snap.get("request_seconds", ()):
+                _add_hist(t.request_seconds, (int(port), str(rule)), values)
+            for skey, values in snap.get("upstream_seconds", ()):
+                _add_hist(t.upstream_seconds, str(skey), values)
+            for port, rule, n in snap.get("retries", ()):
+                rkey = (int(port), str(rule))
+                t.retries[rkey] = t.retries.get(rkey, 0) + int(n)
+            errors.extend(snap.get("errors", ()))
+            if live:
+                t.connections += int(snap.get("connections", 0))
+                t.busy += int(snap.get("busy", 0))
+            log = snap.get("log")
+            if isinstance(log, Mapping):
+                t.log_lines += int(log.get("lines", 0))
+                t.log_dropped += int(log.get("dropped", 0))
+                t.log_failures += int(log.get("failures", 0))
+                t.log_error = str(log.get("error") or t.log_error)
+        except (TypeError, ValueError, IndexError):
+            continue
+    errors.sort(key=lambda e: e[0] if e and isinstance(e[0], int | float) else 0)
+    t.errors = errors[-50:]
+    return t
