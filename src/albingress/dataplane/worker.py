@@ -9,9 +9,11 @@ Control channel: the supervisor writes one JSON message per line to the worker's
     {"type": "config", "version": 7, "ir": {...ir.to_json...}}   swap in a new configuration
     {"type": "health", "unhealthy": ["group|10.0.0.1:80", ...]}  servers out of rotation
     {"type": "drain"}                                             stop, like SIGTERM
+    {"type": "metrics"}                                           send a counter snapshot now
 
 and the worker answers on stdout with ``{"type": "applied", "version": 7}`` once a config is
-live. A new config is one reference swap (the routing table) plus ``Balancer.update``: requests
+live. Every second (and when asked) it also writes its counters, ``{"type": "metrics", ...}``
+(see :mod:`.metrics`). A new config is one reference swap (the routing table) plus ``Balancer.update``: requests
 in flight keep the rule they were routed by, no connection is closed.
 
 SIGTERM (or ``drain``, or the supervisor going away: EOF on stdin) drains: the worker stops
@@ -32,8 +34,10 @@ import socket
 import sys
 from typing import Any
 
+from albingress.dataplane.accesslog import AccessLog
 from albingress.dataplane.context import WorkerContext
 from albingress.dataplane.downstream import ClientConnection
+from albingress.dataplane.metrics import WorkerMetrics
 from albingress.dataplane.settings import ProxySettings, settings_from_json
 from albingress.ir import from_json
 
@@ -43,10 +47,20 @@ log = logging.getLogger("albingress.dataplane.worker")
 class Worker:
     """The asyncio side of one worker process."""
 
-    def __init__(self, listeners: dict[int, socket.socket], settings: ProxySettings, share: int):
+    def __init__(
+        self,
+        listeners: dict[int, socket.socket],
+        settings: ProxySettings,
+        share: int,
+        metrics: bool = False,
+        access_log: AccessLog | None = None,
+    ):
         self.listeners = listeners
         self.settings = settings
         self.ctx = WorkerContext(settings, share=share)
+        if metrics or access_log is not None:
+            self.ctx.metrics = WorkerMetrics(metrics=metrics, access_log=access_log)
+            self.ctx.access_log = access_log
         self.stop = asyncio.Event()
         self.servers: list[asyncio.Server] = []
 
@@ -69,11 +83,36 @@ class Worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         control = loop.create_task(self._control())
         sweeper = loop.create_task(self._sweep())
+        reporter = loop.create_task(self._report()) if self.ctx.metrics is not None else None
+        if self.ctx.access_log is not None:
+            self.ctx.access_log.start(loop)
         await self.stop.wait()
         await self._drain()
         control.cancel()
         sweeper.cancel()
+        if reporter is not None:
+            reporter.cancel()
+            self.send_metrics()
+        if self.ctx.access_log is not None:
+            self.ctx.access_log.close()
         return 0
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.send_metrics()
+            except Exception:
+                log.exception("metrics snapshot failed")
+
+    def send_metrics(self) -> None:
+        metrics = self.ctx.metrics
+        if metrics is None:
+            return
+        snap = metrics.snapshot(len(self.ctx.connections), self.ctx.busy)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.write(json.dumps(snap, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
 
     async def _drain(self) -> None:
         for server in self.servers:
@@ -115,13 +154,18 @@ class Worker:
         kind = msg.get("type")
         if kind == "config":
             version = int(msg["version"])
-            self.ctx.apply(from_json(msg["ir"]), version)
+            config = from_json(msg["ir"])
+            self.ctx.apply(config, version)
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.prune(config)
             sys.stdout.write(json.dumps({"type": "applied", "version": version}) + "\n")
             sys.stdout.flush()
         elif kind == "health":
             self.ctx.set_unhealthy(frozenset(msg["unhealthy"]))
         elif kind == "drain":
             self.stop.set()
+        elif kind == "metrics":
+            self.send_metrics()
 
 
 def _listen_arg(text: str) -> tuple[int, int]:
@@ -134,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", action="append", type=_listen_arg, default=[])
     parser.add_argument("--settings", default="{}")
     parser.add_argument("--share", type=int, default=1)
+    parser.add_argument("--metrics", action="store_true", help="count requests (see .metrics)")
+    parser.add_argument("--access-log", help="access log file path (see .accesslog)")
+    parser.add_argument("--access-log-fd", type=int, help="access log to this inherited fd")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="worker %(process)d: %(message)s")
     settings = settings_from_json(json.loads(args.settings))
@@ -142,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         listeners[port] = sock
-    worker = Worker(listeners, settings, args.share)
+    access_log = None
+    if args.access_log_fd is not None:
+        access_log = AccessLog(fd=args.access_log_fd)
+    elif args.access_log:
+        access_log = AccessLog(path=args.access_log)
+    worker = Worker(listeners, settings, args.share, args.metrics, access_log)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
