@@ -15,6 +15,12 @@ A worker that dies is restarted (after 0.1 s, doubling up to 5 s while it keeps 
 and sent the current config before it serves. :meth:`Supervisor.stop` sends SIGTERM to every
 worker (they drain: see :mod:`.worker`), waits ``drain_timeout`` plus a margin, kills what is
 left and closes the sockets.
+
+Counters: with ``metrics`` on, each worker writes a snapshot of its counters every second (and
+when :meth:`Supervisor.collect_metrics` asks); the latest of each worker is kept, and those of a
+worker that was replaced are kept too (:attr:`Supervisor.retired`), so totals never go back.
+The access log (``access_log``: a path, or ``-`` for this process's standard output, handed to
+the workers as an inherited descriptor) is written by the workers themselves.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
+from albingress.dataplane.metrics import merge
 from albingress.dataplane.settings import ProxySettings, settings_to_json
 from albingress.diagnostics import ConfigError
 from albingress.ir import IR, to_json
@@ -50,6 +59,7 @@ class _Worker:
         self.started = 0.0
         self.delay = _RESTART_MIN
         self.task: asyncio.Task[None] | None = None
+        self.metrics: dict[str, Any] | None = None  # the latest counter snapshot of ``proc``
 
 
 class Supervisor:
@@ -60,6 +70,9 @@ class Supervisor:
         listeners: Mapping[int, tuple[str, int]],
         workers: int,
         settings: ProxySettings = ProxySettings(),  # noqa: B008 -- frozen, safe to share
+        *,
+        metrics: bool = False,
+        access_log: str | None = None,
     ) -> None:
         if workers < 1:
             raise ConfigError("--workers must be at least 1")
@@ -72,6 +85,10 @@ class Supervisor:
         self._health: bytes = b""
         self._stopping = False
         self._changed = asyncio.Condition()
+        self.metrics = metrics
+        self.access_log = access_log  # None (off), "-" (stdout) or a path
+        self._log_fd = -1  # a duplicate of stdout for the workers' access log
+        self.retired: dict[str, Any] | None = None  # counters of workers that were replaced
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -83,6 +100,9 @@ class Supervisor:
         except ConfigError:
             self._close_sockets()
             raise
+        if self.access_log == "-":
+            self._log_fd = os.dup(1)
+            os.set_inheritable(self._log_fd, True)
         for slot in self._workers:
             await self._spawn(slot)
 
@@ -107,12 +127,24 @@ class Supervisor:
             args += ["--listen", f"{port}={sock.fileno()}"]
         args += ["--settings", json.dumps(settings_to_json(self.settings))]
         args += ["--share", str(len(self._workers))]
+        fds = [s.fileno() for s in self._sockets.values()]
+        if self.metrics:
+            args.append("--metrics")
+        if self._log_fd >= 0:
+            args += ["--access-log-fd", str(self._log_fd)]
+            fds.append(self._log_fd)
+        elif self.access_log and self.access_log != "-":
+            args += ["--access-log", self.access_log]
         proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            pass_fds=[s.fileno() for s in self._sockets.values()],
+            pass_fds=fds,
+            limit=1 << 30,  # a counter snapshot with thousands of rules is one long line
         )
+        if slot.metrics is not None:  # a replaced worker: keep what it counted
+            self._retire(slot.metrics)
+            slot.metrics = None
         slot.proc = proc
         slot.applied = -1
         slot.started = time.monotonic()
@@ -130,7 +162,12 @@ class Supervisor:
                 break
             with contextlib.suppress(ValueError):
                 msg = json.loads(line)
-                if msg.get("type") == "applied":
+                kind = msg.get("type")
+                if kind == "metrics":
+                    slot.metrics = msg
+                    async with self._changed:
+                        self._changed.notify_all()
+                elif kind == "applied":
                     slot.applied = int(msg["version"])
                     async with self._changed:
                         self._changed.notify_all()
@@ -171,6 +208,43 @@ class Supervisor:
     def _close_sockets(self) -> None:
         for sock in self._sockets.values():
             sock.close()
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+
+    # ----------------------------------------------------------------- counters
+
+    def _retire(self, snapshot: dict[str, Any]) -> None:
+        parts = [snapshot] if self.retired is None else [self.retired, snapshot]
+        self.retired = merge(parts, live=False).as_snapshot()
+
+    async def collect_metrics(self, timeout: float = 0.5) -> list[dict[str, Any]]:
+        """Fresh counter snapshots of every live worker (each asked now; one that does not answer
+        within ``timeout`` contributes its last one), plus those of replaced workers."""
+        if self.metrics:
+            asked = {s.index: (s.metrics or {}).get("seq", 0) for s in self._workers}
+            for slot in self._workers:
+                self._send(slot, b'{"type":"metrics"}\n')
+
+            def fresh() -> bool:
+                return all(
+                    s.proc is None
+                    or s.proc.returncode is not None
+                    or (s.metrics or {}).get("seq", 0) > asked[s.index]
+                    for s in self._workers
+                )
+
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait_for(fresh), timeout)
+        return self.snapshots()
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """The latest counter snapshot of each worker, and the retired workers' totals."""
+        out = [s.metrics for s in self._workers if s.metrics is not None]
+        if self.retired is not None:
+            out.append({**self.retired, "retired": True})
+        return out
 
     # ----------------------------------------------------------------- what workers are told
 
