@@ -94,6 +94,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False  # the request was HEAD: the response has no body
         self.until_close = False  # the response body ends when the server closes
         self.informational = False  # the message being parsed is a 1xx
+        self.in_head = False  # a response head is being parsed
+        self.head_fed = 0  # bytes fed to the parser since that head began
         self.reusable = True
         self.closed = False
         self.tunnel = False  # after a 101: raw bytes both ways
@@ -142,6 +144,11 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._malformed(ex, f"malformed response from the server ({exc})")
             return
+        if self.in_head:
+            self.head_fed += len(data)
+            if self.head_fed > self.pool.ctx.settings.max_header_bytes:
+                self._malformed(ex, "the server's response head is too large")
+                return
         if self.complete:
             self._finish(ex)
         else:
@@ -211,6 +218,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers = []
+        self.in_head = True
+        self.head_fed = 0
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -222,6 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise ResponseTooLarge("the server sent too many header fields")
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         self.status = status = self.parser.get_status_code()
         ex = self.exchange
         if ex is None:
