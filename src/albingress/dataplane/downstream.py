@@ -25,9 +25,11 @@ from albingress.dataplane.context import WorkerContext
 from albingress.dataplane.exchange import Exchange
 from albingress.dataplane.flow import PEER_FULL, QUEUED, TUNNEL_PEER_FULL, FlowControl
 from albingress.dataplane.request import (
+    RequestMemo,
     RequestRejected,
     RequestValidator,
     parse_head,
+    remember,
     simple_exchange,
 )
 from albingress.dataplane.wire import error_response
@@ -68,6 +70,7 @@ class ClientConnection(asyncio.Protocol):
         self.pumping = False
         self.idle_since: float | None = None
         self.last_pick_context: PickContext | None = None  # reused while path and query repeat
+        self.memo: RequestMemo | None = None  # the last fast-lane request, checked and routed
         # the request head being parsed
         self.in_head = False
         self.head_fed = 0
@@ -104,6 +107,20 @@ class ClientConnection(asyncio.Protocol):
             self.upgrading.tunnel_to_server(data)
             return
         if self.stopped:
+            return
+        memo = self.memo
+        if (
+            memo is not None
+            and data == memo.data
+            and self.current is None
+            and not self.in_head
+            and not self.queue
+            and memo.table is self.ctx.table
+        ):  # the same request again: already checked and routed on this connection
+            ex = memo.exchange(self)
+            self.current = ex
+            self.idle_since = None
+            ex.forward()
             return
         if (
             data[-4:] == b"\r\n\r\n"
@@ -240,7 +257,10 @@ class ClientConnection(asyncio.Protocol):
             return False
         self.current = ex
         self._set_idle(False)
+        table = self.ctx.table
         if ex.start_simple():
+            if table is not None:
+                self.memo = remember(data, ex, table)
             return True
         self.current = None
         self._set_idle(True)

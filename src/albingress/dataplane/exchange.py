@@ -65,6 +65,7 @@ class Exchange:
     connect_task: asyncio.Task[None] | None = None
     upstream: UpstreamConnection | None = None
     raw_head: bytes | None = None  # the fast lane: the request head as received, sent as is
+    wire_head: bytes | None = None  # the fast lane: raw_head plus X-Forwarded-*, for the server
     tried: frozenset[str] = frozenset()  # server keys that refused this request
     body_buf: list[bytes] | None = None  # request body read while no server is attached
     tunnel_buf: list[bytes] | None = None  # bytes after an Upgrade request, before the 101
@@ -192,7 +193,11 @@ class Exchange:
         self.upstream = conn
         self.reused = reused
         ctx = client.ctx
-        self.sent_at = now = ctx.clock()
+        if reused and self.attempts == 1 and self.wire_head is not None:
+            now = self.started  # the fast lane: received and sent in the same callback
+        else:
+            now = ctx.clock()
+        self.sent_at = now
         conn.begin(self, self.head_only, now)
         access_log = ctx.access_log
         if access_log is not None and not self.request_id:
@@ -208,6 +213,11 @@ class Exchange:
         )
         if client.flow.write_paused and conn.flow is not None:
             conn.flow.pause(PEER_FULL)
+        wire = self.wire_head
+        if wire is not None and not self.rid_line:  # the fast lane: precomputed
+            if conn.transport is not None:
+                conn.transport.write(wire)
+            return
         raw = self.raw_head
         if raw is not None:  # the fast lane: as received, plus what the proxy adds
             if conn.transport is not None:

@@ -22,6 +22,7 @@ its head is then forwarded as received, plus X-Forwarded-*.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httptools
@@ -31,6 +32,8 @@ from albingress.dataplane.wire import FORWARDED, HOP_BY_HOP
 
 if TYPE_CHECKING:
     from albingress.dataplane.downstream import ClientConnection
+    from albingress.dataplane.routing import RoutingTable
+    from albingress.ir import Rule
 
 
 class RequestRejected(Exception):
@@ -198,7 +201,53 @@ def simple_exchange(client: ClientConnection, data: bytes) -> Exchange | None:
         _NO_HEADERS,
         _NO_HEADERS,
     )
-    ex.host = data[at + 7 : data.find(b"\r\n", at + 7)].strip(b" \t")
-    ex.raw_head = data[: len(data) - 2]
+    ex.host = host = data[at + 7 : data.find(b"\r\n", at + 7)].strip(b" \t")
+    ex.raw_head = raw = data[: len(data) - 2]
+    ex.wire_head = b"%sX-Forwarded-Host: %s\r\n%s%s" % (
+        raw,
+        host,
+        client.xff_line,
+        client.forwarded_end,
+    )
     ex.req_done = True
     return ex
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMemo:
+    """A fast-lane request a client connection already checked and routed, remembered so the
+    same bytes again (a keep-alive client repeating its request) skip the checks: llhttp and the
+    header scan would find them exactly as valid, and routing (pure) the same rule."""
+
+    data: bytes  # the request as received
+    method: str
+    target: bytes
+    path: str
+    query: str
+    host: bytes
+    raw_head: bytes
+    wire_head: bytes  # what the server gets (with this connection's X-Forwarded-*)
+    table: RoutingTable  # the rule holds while this table is the live one
+    rule: Rule
+
+    def exchange(self, client: ClientConnection) -> Exchange:
+        """A new exchange for the same request again."""
+        ex = Exchange(
+            client, self.method, self.target, self.path, self.query, _NO_HEADERS, _NO_HEADERS
+        )
+        ex.host = self.host
+        ex.raw_head = self.raw_head
+        ex.wire_head = self.wire_head
+        ex.req_done = True
+        ex.rule = self.rule
+        return ex
+
+
+def remember(data: bytes, ex: Exchange, table: RoutingTable) -> RequestMemo | None:
+    """The memo of fast-lane request ``data`` once ``ex`` was routed by ``table``."""
+    rule, raw, wire = ex.rule, ex.raw_head, ex.wire_head
+    if rule is None or raw is None or wire is None:
+        return None
+    return RequestMemo(
+        data, ex.method, ex.target, ex.path, ex.query, ex.host, raw, wire, table, rule
+    )

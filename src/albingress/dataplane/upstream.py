@@ -103,6 +103,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.sent_at = 0.0  # when the current request was written (response timeout)
         self.requests = 0
+        # the last response relayed byte for byte: its head, whole size and head for the client
+        self.memo_head = b""
+        self.memo_size = 0
+        self.memo_out: bytes | None = None  # None: the head is relayed unchanged
 
     # ----------------------------------------------------------------- asyncio callbacks
 
@@ -121,8 +125,17 @@ class UpstreamConnection(asyncio.Protocol):
             ex.tunnel_to_client(data)
             return
         self.got_bytes = True
-        if self.fresh and ex.plain and data[:9] == b"HTTP/1.1 " and data[9:10] in b"2345":
-            out = self._plain(data)
+        if self.fresh and ex.plain:
+            memo = self.memo_head
+            if memo and len(data) == self.memo_size and data.startswith(memo):
+                # the same head as the last plain response, and the same length: llhttp would
+                # find it exactly as valid and as complete, so it is relayed without parsing
+                cut = self.memo_out
+                self.exchange = None
+                self.pool.put(self)
+                ex.relay_plain(data if cut is None else cut + data[len(memo) :])
+                return
+            out = self._plain(data) if data[:9] == b"HTTP/1.1 " and data[9:10] in b"2345" else None
             if out is not None:  # the common case: relayed as it came
                 self.exchange = None
                 self.pool.put(self)
@@ -170,7 +183,16 @@ class UpstreamConnection(asyncio.Protocol):
         if not ok:
             self.checker = httptools.HttpResponseParser(v)
             return None
-        return plain_head(data, self.pool.ctx.settings.max_headers)
+        out = plain_head(data, self.pool.ctx.settings.max_headers)
+        if out is not None:
+            # remember the head: a response that starts with it and has the same length is
+            # framed the same way (Content-Length, or none for 204/304), so needs no new check
+            end = data.find(b"\r\n\r\n") + 4
+            self.memo_head = data[:end]
+            self.memo_size = len(data)
+            cut = len(data) - len(out)
+            self.memo_out = None if not cut else out[: end - cut]
+        return out
 
     def _malformed(self, ex: Exchange, reason: str) -> None:
         self.reusable = False

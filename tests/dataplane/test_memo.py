@@ -1,0 +1,148 @@
+"""The fast lane's memos: a repeated request (client side) and a repeated response head (server
+side) skip the checks only when the bytes are the same; anything else takes the full path."""
+
+from __future__ import annotations
+
+from albingress.dataplane.settings import ProxySettings
+
+from .harness import Harness, aio, feed, make_ir, response
+
+SERVERS = [("127.0.1.1", 8001), ("127.0.1.2", 8002)]
+GET = b"GET /a?x=1 HTTP/1.1\r\nHost: demo.example\r\nAccept: */*\r\n\r\n"
+FORWARDED = (
+    b"X-Forwarded-Host: demo.example\r\nX-Forwarded-For: 127.0.0.9\r\n"
+    b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: 80\r\n\r\n"
+)
+NGINX_LIKE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+    b"Connection: keep-alive\r\n\r\n"
+)
+
+
+async def _round(h: Harness, client, ct, request: bytes, answer: bytes) -> tuple[bytes, bytes]:
+    """One request and its answer: (what the server got, what the client got)."""
+    feed(client, request)
+    await h.settle()
+    up, ut = h.upstream()
+    sent = ut.take()
+    feed(up, answer)
+    return sent, ct.take()
+
+
+@aio
+async def test_a_repeated_request_is_sent_as_the_first_one_was():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    for i in range(3):
+        sent, got = await _round(h, client, ct, GET, response(b"r%d" % i))
+        assert sent == GET[:-2] + FORWARDED
+        assert got.endswith(b"r%d" % i)
+    assert client.memo is not None and client.memo.data == GET
+    assert len(h.upstreams) == 1 and h.ctx.requests == 3
+
+
+@aio
+async def test_the_request_memo_follows_a_new_configuration():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    await _round(h, client, ct, GET, response(b"one"))
+    h.ctx.apply(make_ir(SERVERS[1:]), 2)  # the same rule now forwards to another server
+    sent, got = await _round(h, client, ct, GET, response(b"two"))
+    assert sent == GET[:-2] + FORWARDED and got.endswith(b"two")
+    assert [key.rsplit("|", 1)[-1] for key, _, _ in h.upstreams] == [
+        "127.0.1.1:8001",
+        "127.0.1.2:8002",
+    ]
+    h.ctx.apply(make_ir(SERVERS[1:], path="/other"), 3)  # and then no rule matches
+    feed(client, GET)
+    await h.settle()
+    assert ct.take().startswith(b"HTTP/1.1 404 ")
+
+
+@aio
+async def test_a_different_request_on_the_same_connection_is_checked_again():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    await _round(h, client, ct, GET, response(b"one"))
+    other = GET.replace(b"/a?x=1", b"/b")
+    sent, _ = await _round(h, client, ct, other, response(b"two"))
+    assert sent.startswith(b"GET /b HTTP/1.1\r\n")
+    # the same length as the remembered request but malformed: refused, not relayed
+    bad = GET.replace(b"Accept: */*", b"Accept */*:")
+    assert len(bad) == len(GET)
+    feed(client, bad)
+    await h.settle()
+    assert ct.take().startswith(b"HTTP/1.1 400 ") and ct.closing
+
+
+@aio
+async def test_a_request_that_needs_rewriting_after_a_remembered_one_is_rewritten():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    await _round(h, client, ct, GET, response(b"one"))
+    with_xff = GET[:-2] + b"X-Forwarded-For: 10.0.0.1\r\n\r\n"
+    sent, got = await _round(h, client, ct, with_xff, response(b"two"))
+    assert b"X-Forwarded-For: 10.0.0.1, 127.0.0.9\r\n" in sent
+    assert sent.count(b"X-Forwarded-For") == 1 and got.endswith(b"two")
+
+
+@aio
+async def test_a_repeated_response_head_is_relayed_without_its_connection_line():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    expected = NGINX_LIKE.replace(b"Connection: keep-alive\r\n", b"")
+    for body in (b"ab", b"cd", b"ef"):
+        _, got = await _round(h, client, ct, GET, NGINX_LIKE + body)
+        assert got == expected + body
+    up, _ = h.upstream()
+    assert up.memo_head == NGINX_LIKE and h.ctx.pool.idle[up.key] == [up]
+
+
+@aio
+async def test_a_repeated_head_with_other_framing_takes_the_full_parser():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    await _round(h, client, ct, GET, NGINX_LIKE + b"ab")
+    # the same head, the body in two reads: not the remembered size, parsed
+    feed(client, GET)
+    await h.settle()
+    up, _ = h.upstream()
+    feed(up, NGINX_LIKE + b"c")
+    assert up.exchange is not None  # still waiting for the rest
+    feed(up, b"d")
+    assert ct.take().endswith(b"\r\n\r\ncd") and up.exchange is None
+    # the same head followed by bytes nobody asked for: the connection is not reused
+    feed(client, GET)
+    await h.settle()
+    up, _ = h.upstream()
+    feed(up, NGINX_LIKE + b"ab" + b"XY")
+    assert ct.take().endswith(b"ab")
+    assert up not in h.ctx.pool.idle.get(up.key, [])
+
+
+@aio
+async def test_a_repeated_head_is_not_taken_for_a_head_request():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    await _round(h, client, ct, GET, NGINX_LIKE + b"ab")
+    head = GET.replace(b"GET ", b"HEAD ")
+    feed(client, head)
+    await h.settle()
+    up, _ = h.upstream()
+    feed(up, NGINX_LIKE)
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\n")
+    assert b"Content-Length: 2\r\n" in out and b"Connection" not in out
+
+
+@aio
+async def test_memos_respect_a_header_limit_lowered_by_no_one():
+    # the memo is per connection and per worker settings: a request over the limit never
+    # becomes a memo, so the same bytes again are refused again
+    h = Harness(make_ir(SERVERS[:1]), ProxySettings(max_headers=2))
+    many = GET[:-2] + b"A: 1\r\nB: 2\r\n\r\n"
+    for _ in range(2):
+        client, ct = h.client()
+        feed(client, many)
+        await h.settle()
+        assert ct.take().startswith(b"HTTP/1.1 431 ") and client.memo is None
