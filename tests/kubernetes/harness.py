@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,32 @@ class Controller:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> None:
+        """Start the process; a port taken meanwhile by another process is retried with others."""
+        for _ in range(3):
+            self._spawn()
+            if not wait:
+                return
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    if self.admin_get("/healthz")[0] == 200:
+                        return
+                except (OSError, http.client.HTTPException):
+                    pass
+                time.sleep(0.05)
+            else:
+                raise AssertionError(
+                    f"the controller is not healthy after 60 s:\n{self.log_text()[-3000:]}"
+                )
+            if "in use" not in self.log_text():
+                raise AssertionError(f"the controller exited:\n{self.log_text()[-3000:]}")
+            self.port, self.admin = free_port(), free_port()
+        raise AssertionError("no free ports for the controller")
+
+    def _spawn(self) -> None:
         cmd = [
             sys.executable, "-m", "albingress", "controller", "--kubeconfig", str(self.kubeconfig),
             "--listen", f"80=127.0.0.1:{self.port}", "--listen", f"443=127.0.0.1:{free_port()}",
@@ -147,10 +174,6 @@ class Controller:
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        if wait:
-            wait_until(
-                lambda: self.admin_get("/healthz")[0] == 200, 30, "the controller to be healthy"
-            )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc is None:
@@ -198,7 +221,7 @@ class Controller:
         status, body = self.get(host, path)
         return str(json.loads(body)["server"]) if status == 200 else f"HTTP {status}"
 
-    def wait_server(self, host: str, want: str, path: str = "/", timeout: float = 10) -> None:
+    def wait_server(self, host: str, want: str, path: str = "/", timeout: float = 20) -> None:
         wait_until(lambda: self.server_of(host, path) == want, timeout, f"{host}{path} -> {want}")
 
     def log_text(self) -> str:
