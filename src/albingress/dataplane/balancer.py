@@ -173,13 +173,16 @@ class _GroupEntry(_Weighted):
 
 
 class _RuleState:
-    __slots__ = ("action", "entries", "live", "sticky")
+    __slots__ = ("action", "entries", "fast", "live", "sticky")
 
     def __init__(self, action: ForwardAction, entries: list[_GroupEntry]) -> None:
         self.action = action
         self.entries = entries
         self.sticky = action.sticky  # any cookie to read (group or server stickiness)
         self.live = -1  # bit i set: entries[i] was a candidate at the last (non-retry) pick
+        # (balancer epoch, clock time, candidates) of the last plain pick: reused until either
+        # moves (entries' ``usable`` stay as that pick left them; a retry resets this)
+        self.fast: tuple[int, float, list[_GroupEntry]] | None = None
 
     def resolve(self, groups: dict[str, _GroupState]) -> None:
         """Point the entries at the current group states (after each update)."""
@@ -328,6 +331,14 @@ class Balancer:
         epoch = self._epoch
         exclude = ctx.exclude
         state = self._rule_state(rule_name, action)
+        fast = state.fast
+        if fast is not None and not exclude and fast[0] == epoch and now < fast[1]:
+            # the common case, the same usable groups and servers as the last pick
+            candidates = fast[2]
+            chosen = candidates[0] if len(candidates) == 1 else _swrr(candidates)
+            assert chosen.state is not None
+            return self._pick_server(chosen.state, chosen.usable, ctx).pick
+        state.fast = None
         candidates: list[_GroupEntry] = []
         live = 0
         for i, entry in enumerate(state.entries):
@@ -349,6 +360,8 @@ class Balancer:
             state.live = live
 
         if not state.sticky and not exclude:  # the common case
+            until = min(e.state._until for e in state.entries if e.state is not None)
+            state.fast = (epoch, until, candidates)  # until an epoch or an ejection moves
             chosen = candidates[0] if len(candidates) == 1 else _swrr(candidates)
             assert chosen.state is not None
             return self._pick_server(chosen.state, chosen.usable, ctx).pick
