@@ -334,8 +334,8 @@ class Balancer:
         fast = state.fast
         if fast is not None and not exclude and fast[0] == epoch and now < fast[1]:
             # the common case, the same usable groups and servers as the last pick
-            candidates = fast[2]
-            chosen = candidates[0] if len(candidates) == 1 else _swrr(candidates)
+            cached = fast[2]
+            chosen = cached[0] if len(cached) == 1 else _swrr(cached)
             assert chosen.state is not None
             return self._pick_server(chosen.state, chosen.usable, ctx).pick
         state.fast = None
