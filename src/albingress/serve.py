@@ -7,7 +7,8 @@ One supervisor process runs everything but the data plane:
 - the compiler, on every change; an Ingress whose new version has errors keeps its last good
   version (the diagnostics are logged), so one broken edit never takes rules away;
 - the active health checks, whose verdicts go to every worker;
-- the admin server: ``/healthz``, ``/api/v1/config`` and the ALB OpenAPI at ``/``.
+- the admin server: ``/healthz``, ``/api/v1/config``, ``/metrics``, ``/api/v1/traffic``, the
+  live page at ``GET /`` and the ALB OpenAPI at ``/`` (see :mod:`albingress.api.page`).
 
 The workers (see :mod:`albingress.dataplane.supervisor`) get each new IR and swap it in atomically.
 """
@@ -28,7 +29,9 @@ from typing import Any
 
 from albingress import ir
 from albingress.api.auth import AccessKey, load_or_create_credentials
+from albingress.api.metrics import ConfigState
 from albingress.api.openapi import mount
+from albingress.api.page import mount_observability
 from albingress.api.server import AdminRequest, AdminResponse, AdminServer, Handler
 from albingress.compile.compiler import CompileOptions, CompileResult, compile_snapshot
 from albingress.dataplane.settings import ProxySettings
@@ -60,6 +63,8 @@ class ServeOptions:
     network: NetworkSettings = field(default_factory=NetworkSettings)
     credentials: Path | None = None
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    metrics: bool = True  # workers count requests for /metrics and the live page
+    access_log: str | None = None  # None: off; "-": standard output; else a file path
 
 
 def parse_listen(values: Sequence[str]) -> dict[int, tuple[str, int]]:
@@ -101,6 +106,7 @@ class Runtime:
         self.version = 0
         self.result: CompileResult | None = None
         self.reloaded_at = 0.0
+        self.reload_ok = True  # False after a reload that raised (the last good config serves)
         self.last_good: dict[tuple[str, str, str], K8sObject] = {}
         self._logged: set[Diagnostic] = set()
         self.supervisor: Supervisor | None = None
@@ -150,6 +156,7 @@ class Runtime:
         self._log_diagnostics(result.diagnostics)
         self.result = result
         self.reloaded_at = time.time()
+        self.reload_ok = True
         if not changed:
             return
         self.version += 1
@@ -213,6 +220,19 @@ class Runtime:
             "diagnostics": [d.to_json() for d in result.diagnostics] if result else [],
         }
 
+    def metrics_state(self) -> ConfigState:
+        result = self.result
+        return ConfigState(
+            config=result.ir if result else None,
+            version=self.version,
+            reloaded_at=self.reloaded_at,
+            reload_ok=self.reload_ok,
+            unhealthy=self.health.unhealthy() if self.health else frozenset(),
+            failed=result.failed if result else (),
+            diagnostics=result.diagnostics if result else (),
+            workers=len(self.supervisor.worker_pids()) if self.supervisor else 0,
+        )
+
 
 async def _json_response(data: Any, status: int = 200) -> AdminResponse:
     return AdminResponse(status, "application/json", json.dumps(data, indent=1).encode())
@@ -244,7 +264,13 @@ async def run_balancer(
     Shared by ``serve`` and ``controller``: only the source and the store differ.
     """
     workers = options.workers or os.cpu_count() or 1
-    supervisor = Supervisor(options.listen, workers, options.proxy)
+    supervisor = Supervisor(
+        options.listen,
+        workers,
+        options.proxy,
+        metrics=options.metrics,
+        access_log=options.access_log,
+    )
     runtime.supervisor = supervisor
     health = HealthChecker(supervisor.publish_health)
     runtime.health = health
@@ -263,7 +289,8 @@ async def run_balancer(
     admin.route("GET", "/api/v1/config", config)
     for method, path, handler in routes:
         admin.route(method, path, handler)
-    mount(admin, runtime.store, keys, options.network, runtime.in_use, runtime.server_status)
+    api = mount(admin, runtime.store, keys, options.network, runtime.in_use, runtime.server_status)
+    mount_observability(admin, supervisor.collect_metrics, runtime.metrics_state, api.handle)
 
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
@@ -310,6 +337,8 @@ async def run_balancer(
                 try:
                     runtime.reload()
                 except Exception:  # a bug must not stop serving the last good config
+                    runtime.reload_ok = False
+                    runtime.reloaded_at = time.time()
                     log.exception("reload failed; the last good config keeps serving")
     finally:
         log.info("stopping: draining in-flight requests")
