@@ -89,6 +89,18 @@ def add_balancer_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--credentials", help="AccessKey file for the server-group API")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--access-log",
+        default="-",
+        metavar="PATH|-|off",
+        help="one JSON line per request: to standard output (-, the default), a file, or off",
+    )
+    p.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count requests for /metrics and the live page (default on)",
+    )
     add_network_flags(p)
     limits = p.add_argument_group("data-plane limits and timeouts")
     for name, kind, default, hint in _proxy_fields():
@@ -103,6 +115,7 @@ def add_balancer_flags(p: argparse.ArgumentParser) -> None:
 
 def balancer_options(args: argparse.Namespace, manifests: Path = Path(".")) -> ServeOptions:
     """ServeOptions from the flags of :func:`add_balancer_flags`; ConfigError on a bad value."""
+    from albingress.dataplane.accesslog import parse_destination
     from albingress.dataplane.settings import ProxySettings
     from albingress.serve import ServeOptions, parse_address, parse_listen
 
@@ -126,4 +139,6 @@ def balancer_options(args: argparse.Namespace, manifests: Path = Path(".")) -> S
         network=network_from_args(args),
         credentials=Path(args.credentials) if args.credentials else None,
         proxy=proxy,
+        metrics=args.metrics,
+        access_log=parse_destination(args.access_log),
     )
