@@ -110,7 +110,9 @@ BAD_SERVERS = {
 @pytest.mark.parametrize("path", BAD_SERVERS.values(), ids=BAD_SERVERS.keys())
 def test_a_misbehaving_server_gives_the_client_502(lb: Serve, path: str) -> None:
     started = time.monotonic()
-    reply = exchange(lb.port, request("bad.example.com", path) + b"\r\n", wait=6)
+    reply = exchange(
+        lb.port, request("bad.example.com", path, b"Connection: close\r\n") + b"\r\n", wait=6
+    )
     assert reply.status == 502, reply.raw[:300]
     assert time.monotonic() - started < 5
     assert lb.get("r.example.com", "/")[0] == 200
