@@ -1,0 +1,286 @@
+"""Counters, rendering, the access log writer and the page's routing, without processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from albingress import ir
+from albingress.api import page
+from albingress.api.metrics import ConfigState, MetricsView
+from albingress.api.server import AdminRequest, AdminResponse
+from albingress.dataplane import accesslog
+from albingress.dataplane.accesslog import AccessLog, parse_destination
+from albingress.dataplane.metrics import BUCKETS, WorkerMetrics, merge
+from tests.operability.helpers import parse_prometheus, select, total
+
+
+def _ir(rules: int, servers: int = 2) -> ir.IR:
+    group = ir.ServerGroup(
+        id="sgp-a",
+        name="a",
+        source=ir.GroupSource.SERVER_GROUP,
+        protocol=ir.Protocol.HTTP,
+        scheduler=ir.Scheduler.WRR,
+        servers=tuple(ir.Server(f"127.0.31.{i + 1}", 8080, 100, f"s{i}") for i in range(servers)),
+    )
+    svc = ir.ServerGroup(
+        id="svc:ns/web:80",
+        name="ns/web:80",
+        source=ir.GroupSource.SERVICE,
+        protocol=ir.Protocol.HTTP,
+        scheduler=ir.Scheduler.WRR,
+        servers=(ir.Server("127.0.31.9", 8080, 100, "pod"),),
+    )
+    action = ir.ForwardAction((ir.WeightedGroup("sgp-a", 30), ir.WeightedGroup(svc.id, 70)))
+    listed = tuple(
+        ir.Rule(f"ns/ing{i}/rules/0/paths/0", f"ns/ing{i}", 10, f"h{i}.example.com",
+                ir.PathMatch(ir.PathType.PREFIX, "/"), (), (action,))
+        for i in range(rules)
+    )  # fmt: skip
+    return ir.IR((ir.Listener(80, "HTTP", listed),), (group, svc))
+
+
+def _exchange(rule: ir.Rule | None, status: int, **kw: Any) -> SimpleNamespace:
+    client = SimpleNamespace(listener_port=80, client_ip="127.0.0.1")
+    fields: dict[str, Any] = {
+        "client": client, "rule": rule, "status": status, "upstream_status": status, "started": 0.0,
+        "sent_at": 0.001, "attempts": 1, "reason": "", "method": "GET", "host": b"h0.example.com",
+        "path": "/p", "query": "", "target": b"/p", "raw_head": None, "raw_headers": [(b"Host", b"h")],
+        "body_in": 0, "bytes_out": 10, "request_id": "",
+    }  # fmt: skip
+    fields.update(kw)
+    return SimpleNamespace(**fields)
+
+
+def _pick(config: ir.IR, gid: str, index: int = 0) -> SimpleNamespace:
+    group = config.group(gid)
+    server = group.servers[index]
+    return SimpleNamespace(
+        group=group, server=server, key=ir.server_key(gid, server.address, server.port)
+    )
+
+
+def test_worker_counters_histograms_and_prune() -> None:
+    config = _ir(2)
+    rule0, rule1 = config.listeners[0].rules
+    clock = iter([0.004, 0.2, 0.3, 0.5]).__next__
+    wm = WorkerMetrics(clock=clock)
+    wm.done(_exchange(rule0, 200), _pick(config, "sgp-a"))
+    wm.done(_exchange(rule0, 200), _pick(config, "sgp-a"))
+    wm.done(_exchange(rule1, 502, attempts=3, reason="refused", sent_at=0.0), None)
+    wm.done(_exchange(None, 404, sent_at=0.0), None)
+    key = (80, rule0.name, "sgp-a", "sgp-a|127.0.31.1:8080", 200)
+    assert wm.requests[key] == 2
+    hist = wm.request_seconds[(80, rule0.name)]
+    assert hist[BUCKETS.index(0.005)] == 1 and hist[BUCKETS.index(0.25)] == 1
+    assert hist[-1] == pytest.approx(0.204)
+    assert wm.retries == {(80, rule1.name): 2}
+    assert [e[5] for e in wm.errors] == [502]
+    snap = json.loads(json.dumps(wm.snapshot(connections=3)))
+    assert merge([snap, snap]).requests[key] == 4
+    assert merge([snap, snap]).connections == 6
+    smaller = ir.IR((ir.Listener(80, "HTTP", (rule1,)),), config.server_groups)
+    wm.prune(smaller)
+    assert all(k[1] != rule0.name for k in wm.requests)
+    assert (80, rule0.name) not in wm.request_seconds
+
+
+def test_merge_skips_malformed_entries() -> None:
+    good = {"requests": [[80, "r", "g", "g|127.0.31.1:8080", 200, 2]]}
+    bad = {"requests": [[80, "r"], "x"], "request_seconds": [[80, "r", [1, 2]]]}
+    totals = merge([good, bad, good])
+    assert totals.requests == {(80, "r", "g", "g|127.0.31.1:8080", 200): 4}
+
+
+def _snapshot(config: ir.IR, per_rule: int) -> dict[str, Any]:
+    wm = WorkerMetrics(clock=lambda: 0.01)
+    for rule in config.listeners[0].rules:
+        for i in range(per_rule):
+            gid = "sgp-a" if i % 10 < 3 else "svc:ns/web:80"
+            wm.done(_exchange(rule, 200), _pick(config, gid))
+    return json.loads(json.dumps(wm.snapshot()))
+
+
+def test_render_labels_shares_and_deleted_series() -> None:
+    config = _ir(3)
+    snap = _snapshot(config, 10)
+    view = MetricsView()
+    state = ConfigState(config, version=4, reloaded_at=1.5, unhealthy=frozenset(
+        {"sgp-a|127.0.31.2:8080"}))  # fmt: skip
+    m = parse_prometheus(view.render([snap], state))
+    rule = "ns/ing1/rules/0/paths/0"
+    assert total(m, "albingress_requests_total", rule=rule, ingress="ns/ing1") == 10
+    assert total(m, "albingress_requests_total", rule=rule, server_group="ns/web:80") == 7
+    measured = {
+        labels["server_group"]: v
+        for labels, v in select(m, "albingress_forward_group_measured_share", rule=rule)
+    }
+    assert measured == {"sgp-a": pytest.approx(0.3), "ns/web:80": pytest.approx(0.7)}
+    assert total(m, "albingress_server_healthy", server="127.0.31.2:8080") == 0
+    assert total(m, "albingress_server_healthy", server="127.0.31.1:8080") == 1
+    assert total(m, "albingress_config_version") == 4
+    # a config without ing1, and without server 127.0.31.2: their series are gone
+    rules = tuple(r for r in config.listeners[0].rules if r.name != rule)
+    groups = (
+        ir.ServerGroup(**{**{f: getattr(config.server_groups[0], f) for f in (
+            "id", "name", "source", "protocol", "scheduler")},
+            "servers": config.server_groups[0].servers[:1]}),
+        config.server_groups[1],
+    )  # fmt: skip
+    smaller = ir.IR((ir.Listener(80, "HTTP", rules),), groups)
+    text = view.render([snap], ConfigState(smaller))
+    assert "ns/ing1/" not in text and "127.0.31.2" not in text
+    assert total(parse_prometheus(text), "albingress_requests_total") == 20
+
+
+def test_measured_share_is_over_the_window() -> None:
+    now = [0.0]
+    view = MetricsView(window=60, step=5, clock=lambda: now[0])
+    key_a, key_b = (80, "r", "a"), (80, "r", "b")
+    assert view.measured({key_a: 10, key_b: 30}) == {key_a: 0.25, key_b: 0.75}
+    now[0] = 30.0
+    view.measured({key_a: 10, key_b: 30})
+    now[0] = 70.0  # the start is the newest sample a window old: everything counts
+    assert view.measured({key_a: 20, key_b: 30}) == {key_a: 0.4, key_b: 0.6}
+    now[0] = 95.0  # now the sample at 30 s is: only what came since counts
+    assert view.measured({key_a: 20, key_b: 30}) == {key_a: 1.0, key_b: 0.0}
+    now[0] = 200.0
+    assert view.measured({key_a: 20, key_b: 30}) == {}  # nothing in the window: no share
+
+
+def test_scrape_with_thousands_of_rules_is_fast() -> None:
+    config = _ir(5000)
+    snaps = [_snapshot(config, 2) for _ in range(2)]
+    view = MetricsView()
+    started = time.perf_counter()
+    text = view.render(snaps, ConfigState(config))
+    data = page.traffic(view, snaps, ConfigState(config))
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0, elapsed
+    assert total(parse_prometheus(text), "albingress_requests_total") == 20000
+    assert data["rulesTotal"] == 5000 and data["rulesShown"] == page.DEFAULT_LIMIT
+
+
+def _log_exchange(**kw: Any) -> SimpleNamespace:
+    return _exchange(None, 200, **kw)
+
+
+def test_access_log_line_fields_and_escaping(tmp_path: Any) -> None:
+    path = tmp_path / "a.log"
+    log = AccessLog(path=str(path), wall=lambda: 1764138000.25, prefix="p" * 16)
+    ex = _log_exchange(path='/a"b\\c\n\x01é', raw_headers=[(b"X-Request-Id", b" given ")])
+    log.record(ex, None, 200, 0.5, -1.0)
+    ex2 = _log_exchange(raw_head=b"GET / HTTP/1.1\r\nHost: h\r\n")
+    log.record(ex2, None, 404, 0.1, -1.0)
+    log.flush()
+    first, second = (json.loads(x) for x in path.read_text().splitlines())
+    assert first["path"] == '/a"b\\c\n\x01é' and first["request_id"] == "given"
+    assert first["time"] == "2025-11-26T06:20:00.250Z"
+    assert first["upstream_duration"] is None and first["status"] == 200
+    assert second["request_id"] == "p" * 16 + "0000000000000001"
+    assert second["bytes_in"] == len(b"GET / HTTP/1.1\r\nHost: h\r\n") + 2
+    assert log.stats()["lines"] == 2
+    log.close()
+
+
+def test_request_id_header_forwarded_only_when_generated() -> None:
+    log = AccessLog(fd=os.open(os.devnull, os.O_WRONLY), prefix="q" * 16)
+    given = _log_exchange(raw_head=b"GET / HTTP/1.1\r\nX-Request-ID: abc\r\nHost: h\r\n")
+    assert log.request_id(given) == b"" and given.request_id == "abc"
+    fresh = _log_exchange()
+    assert log.request_id(fresh) == b"X-Request-Id: " + b"q" * 16 + b"0000000000000001\r\n"
+    assert fresh.request_id == "q" * 16 + "0000000000000001"
+
+
+def test_pipe_writes_are_whole_lines_within_pipe_buf() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        log = AccessLog(fd=write_fd)
+        chunks: list[bytes] = []
+        real_write = os.write
+
+        def spy(fd: int, data: Any) -> int:
+            chunks.append(bytes(data))
+            return real_write(fd, data)
+
+        lines = [json.dumps({"n": i, "pad": "x" * (i % 300)}) + "\n" for i in range(200)]
+        data = "".join(lines).encode()
+        assert len(data) < 65536  # fits the pipe: no reader needed
+        original = accesslog.os.write
+        accesslog.os.write = spy  # type: ignore[assignment]
+        try:
+            log._write(data, len(lines))
+        finally:
+            accesslog.os.write = original  # type: ignore[assignment]
+        assert len(chunks) > 1
+        assert all(len(c) <= accesslog.PIPE_BUF and c.endswith(b"\n") for c in chunks)
+        assert os.read(read_fd, 1 << 20) == data
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_write_failure_is_counted_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # nobody will ever read: EPIPE
+    log = AccessLog(fd=write_fd)
+    log.record(_log_exchange(), None, 200, 0.1, -1.0)
+    log.flush()
+    assert log.failures == 1 and log.dropped == 1 and "cannot write" in log.error
+    assert "serving goes on" in caplog.text
+    os.close(write_fd)
+
+
+def test_too_much_waiting_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = AccessLog(fd=os.open(os.devnull, os.O_WRONLY))
+    log._thread = SimpleNamespace()  # type: ignore[assignment]  # pretend started, never writes
+    monkeypatch.setattr(accesslog, "MAX_PENDING", 1000)
+    for _ in range(20):
+        log.record(_log_exchange(), None, 200, 0.1, -1.0)
+        log.flush()
+    assert 0 < log.dropped < 20
+    assert log.pending <= 1000
+
+
+def test_unopenable_file_is_retried_later(tmp_path: Any) -> None:
+    target = tmp_path / "later" / "a.log"
+    log = AccessLog(path=str(target))
+    log.record(_log_exchange(), None, 200, 0.1, -1.0)
+    log.flush()
+    assert log.failures == 1 and log.dropped == 1
+    target.parent.mkdir()
+    log._next_open = 0.0
+    log.record(_log_exchange(), None, 200, 0.1, -1.0)
+    log.flush()
+    assert len(target.read_text().splitlines()) == 1 and log.error == ""
+    log.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("off", None), ("-", "-"), ("/tmp/x.log", "/tmp/x.log"), ("", None)]
+)
+def test_parse_destination(value: str, expected: str | None) -> None:
+    assert parse_destination(value) == expected
+
+
+def _request(method: str, query: str) -> AdminRequest:
+    return AdminRequest(method, "/", {}, {}, b"", ("127.0.0.1", 1), raw_query=query)
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "who"),
+    [("GET", "", "page"), ("GET", "Action=ListServerGroups", "api"), ("POST", "", "api")],
+)
+def test_root_serves_page_or_openapi(method: str, query: str, who: str) -> None:
+    async def api(_: AdminRequest) -> AdminResponse:
+        return AdminResponse(200, "application/json", b"{}")
+
+    resp = asyncio.run(page.page_or(api)(_request(method, query)))
+    assert (b"<html" in resp.body) == (who == "page")
