@@ -330,14 +330,19 @@ class Balancer:
         now = self._clock()
         epoch = self._epoch
         exclude = ctx.exclude
-        state = self._rule_state(rule_name, action)
+        state = self._rules.get(rule_name)
+        if state is None or state.action is not action:
+            state = self._rule_state(rule_name, action)
         fast = state.fast
         if fast is not None and not exclude and fast[0] == epoch and now < fast[1]:
             # the common case, the same usable groups and servers as the last pick
             cached = fast[2]
             chosen = cached[0] if len(cached) == 1 else _swrr(cached)
+            usable = chosen.usable
+            if len(usable) == 1:
+                return usable[0].pick
             assert chosen.state is not None
-            return self._pick_server(chosen.state, chosen.usable, ctx).pick
+            return self._pick_server(chosen.state, usable, ctx).pick
         state.fast = None
         candidates: list[_GroupEntry] = []
         live = 0

@@ -305,7 +305,7 @@ class ClientConnection(asyncio.Protocol):
         if self.queue or self.error or self.stopped:
             self._pump()
         else:
-            self._set_idle(True)
+            self.idle_since = self.ctx.clock()  # _set_idle(True), inlined: the hot path
             if self.flow.reasons & QUEUED:
                 self.flow.resume(QUEUED)
 

@@ -336,7 +336,9 @@ class Exchange:
         self.resp_started = self.resp_done = True
         self.status = self.upstream_status = int(data[9:12])
         self.bytes_out += len(data)
-        client.write(data)
+        transport = client.transport
+        if transport is not None and not client.closed:
+            transport.write(data)
         pick = self.pick
         if self.req_done and not self.finished:  # the usual end, without the general path
             self.finished = True
