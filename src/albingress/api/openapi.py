@@ -23,7 +23,7 @@ from albingress.api.auth import AccessKey, AuthFailure, Verifier
 from albingress.api.server import AdminRequest, AdminResponse, AdminServer
 from albingress.model.servergroup import NetworkSettings
 from albingress.servergroups.service import ApiError, Page, ServerGroupService, new_job_id
-from albingress.servergroups.store import ServerGroupStore
+from albingress.servergroups.store import ServerGroupStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,15 @@ class OpenApiHandler:
         except ApiError as exc:
             log.info("%s refused: %s", req.headers.get("x-acs-action", "?"), exc.code)
             return error_response(rid, exc.code, exc.message, exc.status)
+        except StoreUnavailable as exc:
+            log.warning("%s refused: %s", req.headers.get("x-acs-action", "?"), exc)
+            return error_response(
+                rid,
+                "ServiceUnavailable",
+                f"The server-group store cannot be written now ({exc}); nothing was changed. "
+                "Try again later.",
+                503,
+            )
         return _json(200, result)
 
 

@@ -15,6 +15,7 @@ Schema (version 1)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -26,11 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from albingress.diagnostics import StateError
-from albingress.servergroups.store import ConflictError, StoredGroup, Subscribers
+from albingress.servergroups.store import (
+    ConflictError,
+    StoredGroup,
+    StoreUnavailable,
+    Subscribers,
+)
 
 APPLICATION_ID = 0x416C6267  # "Albg"
 MAGIC = "albingress-state"
 SCHEMA_VERSION = 1
+# Seconds a write waits for a lock held by another process before it is refused: the store is
+# used from the supervisor's event loop, which must not stall for long.
+BUSY_TIMEOUT = 1.0
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,7 +87,9 @@ class SqliteStore:
             else:
                 os.close(fd)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state file {self.path}: {exc}") from exc
         try:
@@ -147,14 +158,22 @@ class SqliteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a locked or full database raises StoreUnavailable (after at
+        most BUSY_TIMEOUT of waiting), with nothing changed."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"the state database refused the write: {exc}") from exc
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise StoreUnavailable(f"the state database refused the write: {exc}") from exc
                 raise
-            self._db.execute("COMMIT")
 
     @staticmethod
     def _row(row: tuple[Any, ...]) -> StoredGroup:

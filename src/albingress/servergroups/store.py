@@ -35,6 +35,11 @@ class ConflictError(AlbingressError):
     """A write raced with another one (stale version) or the id already exists."""
 
 
+class StoreUnavailable(AlbingressError):
+    """The store cannot take a write now (its database locked by another process, its disk
+    full): nothing was changed, and the same write may succeed later."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredGroup:
     """One server group as stored: its id, normalised spec, and bookkeeping."""
