@@ -136,11 +136,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = balancer_options(args, Path(args.manifests))
     if not options.manifests.is_dir():
         raise UsageError(f"--manifests {args.manifests}: not a directory")
-    if options.admin[0] not in ("127.0.0.1", "::1", "localhost"):
-        logging.getLogger("albingress").warning(
-            "the admin address %s:%d is not loopback: the API is reachable from the network",
-            *options.admin,
-        )
     try:
         import uvloop
 
