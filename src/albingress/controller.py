@@ -398,57 +398,41 @@ async def run(options: ControllerOptions, config: ClusterConfig | None = None) -
 # --------------------------------------------------------------------------- command line
 
 
+_MANY: dict[str, Any] = {"action": "append"}
+_SECONDS: dict[str, Any] = {"type": float, "help": "seconds"}
+# (flag, argparse keywords): Kubernetes flags first, then the load balancer's (as for serve).
+_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--kubeconfig", {"help": "kubeconfig file (default: in-cluster service account)"}),
+    ("--context", {"default": "", "help": "kubeconfig context (default: current)"}),
+    ("--namespace", {**_MANY, "metavar": "NS", "help": "watch only NS (repeatable; default all)"}),
+    ("--ingress-class", {"default": "alb", "help": "our IngressClass's name (default alb); "
+     "every IngressClass whose controller is ingress.k8s.alibabacloud/alb is served"}),
+    ("--publish-address", {**_MANY, "metavar": "ADDR", "help": "address for Ingress status"}),
+    ("--publish-service", {"default": "", "metavar": "NS/NAME", "help": "or this Service's"}),
+    ("--election-namespace", {"default": "", "help": "namespace of the leader Lease"}),
+    ("--election-name", {"default": "albingress-leader", "help": "name of the Lease"}),
+    ("--identity", {"default": "", "help": "this replica's name (default: POD_NAME)"}),
+    ("--lease-duration", {**_SECONDS, "default": 15.0}),
+    ("--renew-period", {**_SECONDS, "default": 5.0}),
+    ("--retry-period", {**_SECONDS, "default": 2.0}),
+    ("--servergroup-namespace", {"default": "", "help": "namespace of API-made ServerGroups"}),
+    ("--status-interval", {**_SECONDS, "default": 5.0}),
+    ("--watch-endpoints", {"action": "store_true", "help": "also watch v1 Endpoints"}),
+    ("--listen", {**_MANY, "metavar": "PORT=HOST:PORT", "help": "bind ALB listener PORT"}),
+    ("--admin", {"default": "127.0.0.1:9080", "metavar": "HOST:PORT", "help": "admin address"}),
+    ("--state", {"default": ".albingress/state.db", "help": "its directory holds credentials"}),
+    ("--workers", {"type": int, "default": 0, "help": "worker processes (default: per core)"}),
+    ("--credentials", {"help": "AccessKey file for the server-group API"}),
+    ("--log-level", {"default": "info", "choices": ("debug", "info", "warning", "error")}),
+    ("--vpc-cidr", {**_MANY, "metavar": "CIDR", "help": "the load balancer's own network"}),
+    ("--remote-cidr", {**_MANY, "metavar": "CIDR", "help": "ranges for remote servers"}),
+)  # fmt: skip
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("controller", help="run the load balancer from a Kubernetes cluster")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
-    p.add_argument("--context", default="", help="kubeconfig context (default: current)")
-    p.add_argument(
-        "--namespace",
-        action="append",
-        metavar="NS",
-        help="watch only this namespace (repeatable; default: all)",
-    )
-    p.add_argument("--ingress-class", default="alb", help="IngressClass name (default alb)")
-    p.add_argument(
-        "--publish-address", action="append", metavar="ADDR", help="Ingress status address"
-    )
-    p.add_argument(
-        "--publish-service",
-        default="",
-        metavar="NS/NAME",
-        help="Service whose address goes to Ingress status",
-    )
-    p.add_argument("--election-namespace", default="", help="namespace of the leader Lease")
-    p.add_argument("--election-name", default="albingress-leader", help="name of the Lease")
-    p.add_argument("--identity", default="", help="this replica's name (default: POD_NAME)")
-    p.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
-    p.add_argument("--renew-period", type=float, default=5.0, help="seconds")
-    p.add_argument("--retry-period", type=float, default=2.0, help="seconds")
-    p.add_argument(
-        "--servergroup-namespace", default="", help="namespace of API-created ServerGroups"
-    )
-    p.add_argument(
-        "--status-interval", type=float, default=5.0, help="seconds between status passes"
-    )
-    p.add_argument("--watch-endpoints", action="store_true", help="also watch v1 Endpoints")
-    p.add_argument(
-        "--listen", action="append", metavar="PORT=HOST:PORT", help="bind ALB listener PORT"
-    )
-    p.add_argument("--admin", default="127.0.0.1:9080", metavar="HOST:PORT", help="admin address")
-    p.add_argument(
-        "--state", default=".albingress/state.db", help="directory for the API credentials"
-    )
-    p.add_argument(
-        "--workers", type=int, default=0, help="worker processes (default: one per core)"
-    )
-    p.add_argument("--credentials", help="AccessKey file for the server-group API")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    p.add_argument(
-        "--vpc-cidr", action="append", metavar="CIDR", help="the load balancer's own network"
-    )
-    p.add_argument(
-        "--remote-cidr", action="append", metavar="CIDR", help="ranges for remote servers"
-    )
+    for flag, keywords in _FLAGS:
+        p.add_argument(flag, **keywords)
     p.set_defaults(func=main)
 
 
