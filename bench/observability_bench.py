@@ -1,0 +1,184 @@
+"""What metrics and the access log cost: albingress with them off, with metrics only, and with
+metrics and an access log file, against the same two nginx backends, under wrk.
+
+    uv run python bench/observability_bench.py [--rounds 3] [--duration 5] [--connections 32]
+
+Everything runs on loopback (backends on 127.0.1.1 / 127.0.1.2, fronts on 127.0.0.1), one
+albingress worker each. Rounds are interleaved (off, metrics, metrics+log, off, ...) so that a
+change in the machine's load hits every variant alike; the figures are medians over rounds.
+Because wrk, albingress and nginx share the cores, requests per CPU-second of albingress (its
+supervisor and worker) is printed too: it is the cost per request whatever the contention.
+At the end, /metrics of each variant is read back: the requests it counted must be at least
+what wrk sent, and the access log must hold one line per request counted.
+Every process started is stopped by its PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _fronts as fr
+from _procs import (
+    BenchError,
+    Processes,
+    find_nginx,
+    find_wrk,
+    free_port,
+    free_port_on_all,
+    http_get,
+    tree_cpu_seconds,
+    wait_tcp,
+    workdir,
+)
+from _wrk import WrkResult, lua_script, run_wrk
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "off": ("--no-metrics", "--access-log", "off"),
+    "metrics": ("--metrics", "--access-log", "off"),
+    "metrics+log": ("--metrics", "--access-log", "{wd}/access-{name}.log"),
+}
+
+
+@dataclass(slots=True)
+class Variant:
+    name: str
+    port: int
+    admin: int
+    pid: int
+    log: Path | None
+    results: list[WrkResult] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def rps(self) -> float:
+        return statistics.median(r.rps for r in self.results)
+
+    def per_cpu(self) -> float:
+        return statistics.median(
+            r.requests / c for r, c in zip(self.results, self.cpu, strict=True) if c > 0
+        )
+
+    def p99(self) -> float:
+        return statistics.median(r.p99_ms for r in self.results)
+
+
+def start_backends(procs: Processes, wd: Path, nginx: str) -> fr.Backends:
+    port = free_port_on_all([fr.BACKEND_A, fr.BACKEND_B])
+    for name, addr, body in (
+        ("backend-a", fr.BACKEND_A, fr.BODY_A),
+        ("backend-b", fr.BACKEND_B, fr.BODY_B),
+    ):
+        conf = fr.nginx_backend_conf(wd, name, addr, port, body)
+        proc = procs.start(name, [nginx, "-p", str(wd), "-c", str(conf), "-e", "stderr"])
+        wait_tcp(addr, port, proc=proc)
+    return fr.Backends(port)
+
+
+def start_variant(
+    procs: Processes, wd: Path, backends: fr.Backends, name: str, flags: tuple[str, ...]
+) -> Variant:
+    port, admin, tls_port = free_port(), free_port(), free_port()
+    manifests = wd / f"{name}-manifests"
+    fr.albingress_manifests(manifests, backends)
+    extra = [f.format(wd=wd, name=name) for f in flags]
+    argv = [
+        sys.executable, "-m", "albingress", "serve", "--manifests", str(manifests),
+        "--listen", f"80=127.0.0.1:{port}", "--listen", f"443=127.0.0.1:{tls_port}",
+        "--admin", f"127.0.0.1:{admin}", "--workers", "1",
+        "--state", str(wd / f"{name}-state.db"), "--log-level", "warning", *extra,
+    ]  # fmt: skip
+    proc = procs.start(f"alb-{name}", argv)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited ({proc.returncode}):\n{procs.log_tail(proc)}")
+        try:
+            status, _ = http_get("127.0.0.1", port, fr.PATH, fr.HOST, timeout=1)
+        except OSError:
+            status = 0
+        if status == 200:
+            log = Path(extra[-1]) if name == "metrics+log" else None
+            return Variant(name, port, admin, proc.pid, log)
+        time.sleep(0.05)
+    raise BenchError(f"{name} not serving after 60 s:\n{procs.log_tail(proc)}")
+
+
+def counted(v: Variant) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", v.admin, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return sum(
+        int(float(m.group(1)))
+        for m in re.finditer(r"^albingress_requests_total\{.*\} (\S+)$", text, re.M)
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--connections", type=int, default=32)
+    args = p.parse_args()
+    nginx, wrk = find_nginx(), find_wrk()
+    if nginx is None or wrk is None:
+        print("nginx and wrk are needed (bench/setup.sh installs them)")
+        return 2
+    with workdir("observability") as wd, Processes(wd) as procs:
+        script = lua_script(wd)
+        backends = start_backends(procs, wd, nginx)
+        variants = [start_variant(procs, wd, backends, n, f) for n, f in VARIANTS.items()]
+        sent = dict.fromkeys(VARIANTS, 0)
+        for v in variants:  # warm-up
+            r = run_wrk(wrk, script, host="127.0.0.1", port=v.port, path=fr.PATH,
+                        host_header=fr.HOST, connections=args.connections, duration=1)  # fmt: skip
+            sent[v.name] += r.requests
+        for rnd in range(1, args.rounds + 1):
+            for v in variants:
+                cpu0 = tree_cpu_seconds(v.pid)
+                r = run_wrk(wrk, script, host="127.0.0.1", port=v.port, path=fr.PATH,
+                            host_header=fr.HOST, connections=args.connections,
+                            duration=args.duration)  # fmt: skip
+                cpu = tree_cpu_seconds(v.pid) - cpu0
+                if r.failed:
+                    raise BenchError(f"{v.name}: wrk saw errors {r.errors}")
+                v.results.append(r)
+                v.cpu.append(cpu)
+                sent[v.name] += r.requests
+                print(f"  round {rnd} {v.name:12} {r.rps:9.0f} req/s  p99 {r.p99_ms:6.2f} ms"
+                      f"  {r.requests / cpu if cpu else 0:8.0f} req/CPU-s")  # fmt: skip
+        base = variants[0]
+        print(f"\n{'variant':14}{'req/s':>10}{'vs off':>8}{'req/CPU-s':>11}{'vs off':>8}"
+              f"{'p99 ms':>8}")  # fmt: skip
+        for v in variants:
+            print(f"{v.name:14}{v.rps():10.0f}{v.rps() / base.rps():8.3f}{v.per_cpu():11.0f}"
+                  f"{v.per_cpu() / base.per_cpu():8.3f}{v.p99():8.2f}")  # fmt: skip
+        print()
+        for v in variants[1:]:
+            n = counted(v)
+            line = f"{v.name}: /metrics counted {n} requests, wrk completed {sent[v.name]}"
+            if n < sent[v.name]:
+                raise BenchError(line + ": requests missing from /metrics")
+            if v.log is not None:
+                time.sleep(0.5)
+                lines = sum(1 for _ in v.log.open("rb"))
+                line += f", access log lines {lines}"
+                if lines < sent[v.name]:
+                    raise BenchError(line + ": lines missing from the access log")
+            print(line)
+        print(f"\nfiles in {wd}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
