@@ -30,72 +30,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-
-@dataclass(frozen=True, slots=True)
-class Res:
-    group: str
-    version: str
-    plural: str
-    kind: str
-    namespaced: bool = True
-    status: bool = False  # has a /status subresource
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-
-RESOURCES = [
-    Res("networking.k8s.io", "v1", "ingresses", "Ingress", status=True),
-    Res("networking.k8s.io", "v1", "ingressclasses", "IngressClass", False),
-    Res("alibabacloud.com", "v1", "albconfigs", "AlbConfig", False, True),
-    Res("", "v1", "services", "Service", status=True),
-    Res("", "v1", "endpoints", "Endpoints"),
-    Res("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
-    Res("", "v1", "secrets", "Secret"),
-    Res("", "v1", "events", "Event"),
-    Res("albingress.dev", "v1alpha1", "servergroups", "ServerGroup", status=True),
-    Res("coordination.k8s.io", "v1", "leases", "Lease"),
-]
-BY_KIND = {r.kind: r for r in RESOURCES}
-BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
-
-
-def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.body = _status(code, reason, message)
-        self.code = code
+from tests.kubernetes.apimodel import BY_KIND, BY_PATH, ApiError, Res, merge_patch, status_body
 
 
 class _Watcher:
@@ -373,7 +312,7 @@ class ApiServer:
                     status=200, body=b"\x00<html>not json", content_type="text/html"
                 )
             return web.json_response(
-                _status(int(mode), "InternalError", "injected"), status=int(mode)
+                status_body(int(mode), "InternalError", "injected"), status=int(mode)
             )
         try:
             res, ns, name, sub = self._route(request.path)
@@ -462,7 +401,7 @@ class ApiServer:
         gone: dict[str, Any] | None = None
         with self._lock:
             if since and since < self.compacted:
-                gone = _status(
+                gone = status_body(
                     410, "Expired", f"too old resource version: {since} ({self.compacted})"
                 )
             elif since:

@@ -229,3 +229,19 @@ def test_a_hung_request_times_out_and_is_retried(api: ApiServer) -> None:
             await client.close()
 
     asyncio.run(main())
+
+
+def test_a_silent_watch_ends_quietly_and_is_started_again() -> None:
+    with ApiServer(bookmark_interval=30) as quiet:  # no bookmark within the test
+
+        async def main() -> None:
+            client = KubeClient(ClusterConfig(quiet.url))
+            try:
+                started = time.monotonic()
+                stream = client.watch(SERVICE, "", "1", 60, read_timeout=0.3)
+                assert [e async for e in stream] == []
+                assert time.monotonic() - started < 5
+            finally:
+                await client.close()
+
+        asyncio.run(main())

@@ -15,7 +15,8 @@ from albingress.servergroups.crstore import CustomResourceStore
 from albingress.servergroups.store import ConflictError
 from albingress.sources.kube import ClusterConfig, KubeClient, SyncKubeClient, load_kubeconfig
 from albingress.sources.kube.lease import LeaderElector
-from tests.kubernetes.apiserver import BY_KIND, ApiServer
+from tests.kubernetes.apimodel import BY_KIND
+from tests.kubernetes.apiserver import ApiServer
 
 SPEC = {"serverGroupId": "sgp-a1", "serverGroupName": "a1", "serverGroupType": "Ip", "servers": []}
 

@@ -198,8 +198,10 @@ class KubeClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """The watch stream's events, one decoded JSON object a line, until the server ends it.
 
-        ``read_timeout`` (default: twice the server timeout, at least 60 s) bounds the silence
-        between two lines, so that a dead connection is noticed even without TCP resets.
+        ``read_timeout`` (default 120 s) bounds the silence between two lines: a connection
+        that a middlebox dropped without a reset is noticed, and the stream simply ends (the
+        caller watches again from its last version; API servers send a bookmark about every
+        minute, so a live stream is never that quiet).
         """
         query = {
             "watch": "1",
@@ -209,7 +211,7 @@ class KubeClient:
             **(params or {}),
         }
         url = f"{self.config.server}{resource.path(namespace)}?{urlencode(query)}"
-        silence = read_timeout or max(60.0, 2.0 * timeout_seconds)
+        silence = read_timeout or 120.0
         what = f"watch {resource.plural}"
         try:
             async with self._client().get(
@@ -220,7 +222,10 @@ class KubeClient:
                 if resp.status >= 400:
                     raise _status_error(resp.status, await resp.read())
                 while True:
-                    line = await resp.content.readline()
+                    try:
+                        line = await resp.content.readline()
+                    except TimeoutError:
+                        return  # silent too long: end here, the caller watches again
                     if not line:
                         return
                     if line.strip():

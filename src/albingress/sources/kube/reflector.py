@@ -81,7 +81,7 @@ class Reflector:
         namespace: str = "",
         params: dict[str, str] | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
-        watch_timeout: int = 290,
+        watch_timeout: int = 300,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -165,12 +165,10 @@ class Reflector:
             self.on_event(self.resource, "RELIST", None, None)
 
     async def _watch(self) -> None:
+        # Spread over time when the server ends the streams, as client-go does (x1 to x2).
+        timeout = round(self.watch_timeout * random.uniform(1.0, 2.0))
         stream = self.client.watch(
-            self.resource,
-            self.namespace,
-            self.resource_version,
-            self.watch_timeout,
-            self.params,
+            self.resource, self.namespace, self.resource_version, timeout, self.params
         )
         async for event in stream:
             kind = event.get("type")

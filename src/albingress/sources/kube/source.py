@@ -103,7 +103,7 @@ class KubernetesSource:
         debounce: float = 0.05,
         max_delay: float = 0.5,
         backoff: Backoff = DEFAULT_BACKOFF,
-        watch_timeout: int = 290,
+        watch_timeout: int = 300,
     ) -> None:
         self.client = client
         self.namespaces = namespaces
