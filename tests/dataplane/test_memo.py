@@ -146,3 +146,54 @@ async def test_memos_respect_a_header_limit_lowered_by_no_one():
         feed(client, many)
         await h.settle()
         assert ct.take().startswith(b"HTTP/1.1 431 ") and client.memo is None
+
+
+@aio
+async def test_a_repeated_head_request_keeps_its_bodyless_framing():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    head = GET.replace(b"GET ", b"HEAD ")
+    for _ in range(2):
+        sent, got = await _round(h, client, ct, head, NGINX_LIKE)
+        assert sent.startswith(b"HEAD /a?x=1 HTTP/1.1\r\n")
+        assert got.endswith(b"Content-Length: 2\r\n\r\n") and b"Connection" not in got
+    assert client.memo is not None and len(h.upstreams) == 1
+
+
+@aio
+async def test_a_repeated_request_opens_a_connection_when_the_pool_is_empty():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    await _round(h, client, ct, GET, response(b"one"))
+    up, ut = h.upstream()
+    ut.close()
+    up.connection_lost(None)  # the server closed the idle connection
+    sent, got = await _round(h, client, ct, GET, response(b"two"))
+    assert sent == GET[:-2] + FORWARDED and got.endswith(b"two")
+    assert len(h.upstreams) == 2
+
+
+@aio
+async def test_a_repeated_request_without_a_usable_server_gets_503():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    await _round(h, client, ct, GET, response(b"one"))
+    h.ctx.set_unhealthy(frozenset(key for key, _, _ in h.upstreams))
+    feed(client, GET)
+    await h.settle()
+    out = ct.take()
+    assert out.startswith(b"HTTP/1.1 503 ") and b"no healthy server" in out
+    assert not ct.closing  # an answer of our own keeps the connection
+    h.ctx.set_unhealthy(frozenset())
+    _, got = await _round(h, client, ct, GET, response(b"back"))
+    assert got.endswith(b"back")
+
+
+@aio
+async def test_a_repeated_request_while_draining_closes_after_its_answer():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    await _round(h, client, ct, GET, response(b"one"))
+    h.ctx.draining = True
+    _, got = await _round(h, client, ct, GET, response(b"last"))
+    assert got.endswith(b"last") and b"Connection: close\r\n" in got and ct.closing

@@ -120,7 +120,7 @@ class ClientConnection(asyncio.Protocol):
             ex = memo.exchange(self)
             self.current = ex
             self.idle_since = None
-            ex.forward()
+            ex.forward_again(memo.action, memo.pick_context)
             return
         if (
             data[-4:] == b"\r\n\r\n"

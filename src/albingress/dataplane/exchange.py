@@ -155,6 +155,47 @@ class Exchange:
         else:
             self.connect_task = asyncio.get_running_loop().create_task(self._connect(pick))
 
+    def forward_again(self, action: ForwardAction, pctx: PickContext) -> None:
+        """``forward`` for a fast-lane request remembered by its client connection (see
+        ``request.RequestMemo``): the rule's action and the pick context are known, and the
+        head for the server is ready; the usual case, a pooled connection, is written here."""
+        client = self.client
+        ctx = client.ctx
+        rule = self.rule
+        assert rule is not None
+        balancer = ctx.balancer
+        pick = balancer.pick(rule.name, action, pctx)
+        if pick is None:
+            self.fail(503, f"no healthy server in the server groups of rule {rule.name}")
+            return
+        self.pick = pick
+        self.attempts = 1
+        key = pick.key
+        balancer.acquire(key)
+        conn = ctx.pool.take(key)
+        if conn is None:
+            self.connect_task = asyncio.get_running_loop().create_task(self._connect(pick))
+            return
+        transport = conn.transport
+        wire = self.wire_head
+        if (
+            transport is None
+            or wire is None
+            or pick.set_cookie is not None
+            or ctx.access_log is not None
+            or ctx.draining
+            or client.flow.write_paused
+        ):
+            self.attach(conn, reused=True)
+            return
+        # attach(), for a request that is bodyless, HTTP/1.1, keep-alive, without upgrade
+        self.upstream = conn
+        self.reused = True
+        self.sent_at = now = self.started  # received and sent in the same callback
+        conn.begin(self, self.head_only, now)
+        self.plain = not self.head_only
+        transport.write(wire)
+
     async def _connect(self, pick: Pick) -> None:
         server = pick.server
         try:

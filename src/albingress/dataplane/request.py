@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from albingress.dataplane.balancer import PickContext
 from albingress.dataplane.exchange import Exchange
 from albingress.dataplane.wire import FORWARDED, HOP_BY_HOP
+from albingress.ir import ForwardAction
 
 if TYPE_CHECKING:
     from albingress.dataplane.downstream import ClientConnection
@@ -229,6 +231,8 @@ class RequestMemo:
     wire_head: bytes  # what the server gets (with this connection's X-Forwarded-*)
     table: RoutingTable  # the rule holds while this table is the live one
     rule: Rule
+    action: ForwardAction  # the rule's only action
+    pick_context: PickContext  # what the balancer is told about this request
 
     def exchange(self, client: ClientConnection) -> Exchange:
         """A new exchange for the same request again."""
@@ -248,6 +252,21 @@ def remember(data: bytes, ex: Exchange, table: RoutingTable) -> RequestMemo | No
     rule, raw, wire = ex.rule, ex.raw_head, ex.wire_head
     if rule is None or raw is None or wire is None:
         return None
+    action = rule.actions[-1]
+    if not isinstance(action, ForwardAction):
+        return None
+    pctx = PickContext(ex.client.client_ip, ex.path, ex.query, None)
     return RequestMemo(
-        data, ex.method, ex.target, ex.path, ex.query, ex.host, raw, wire, table, rule
+        data,
+        ex.method,
+        ex.target,
+        ex.path,
+        ex.query,
+        ex.host,
+        raw,
+        wire,
+        table,
+        rule,
+        action,
+        pctx,
     )
