@@ -49,3 +49,25 @@ def test_health_changes_are_seen_by_the_next_pick() -> None:
     bal.set_unhealthy(frozenset())
     assert Counter(p.group.id for p in picks(bal, action, 6)) == {"g": 3, "h": 3}
     assert bal.pick("r", action, CTX) is not None
+
+
+def test_answered_releases_and_resets_the_failure_ladder() -> None:
+    groups = [group("g", servers(2))]
+    action = forward(("g", 100))
+    bal, clock = make(groups, action)
+    key = server_key("g", "127.0.1.1", 8080)
+    bal.acquire(key)
+    bal.acquire(key)
+    bal.report_failure(key)
+    clock.now += 5.0
+    bal.report_failure(key)  # a second failure in a row: out for 10 s
+    clock.now += 10.0
+    bal.answered(key)
+    assert bal.active(key) == 1
+    bal.answered(key)
+    bal.answered(key)
+    assert bal.active(key) == 0  # never below zero
+    bal.report_failure(key)  # the ladder starts again: 5 s
+    clock.now += 5.0
+    assert not bal.is_ejected(key)
+    bal.answered("no|such:1")  # an unknown key is ignored

@@ -315,6 +315,14 @@ class Balancer:
         if st is not None:
             st.failures = 0
 
+    def answered(self, key: str) -> None:
+        """``report_success`` and ``release`` together: the end of a request the server answered."""
+        st = self._servers.get(key)
+        if st is not None:
+            st.failures = 0
+            if st.active > 0:
+                st.active -= 1
+
     def is_ejected(self, key: str) -> bool:
         st = self._servers.get(key)
         return st is not None and st.ejected_until > self._clock()

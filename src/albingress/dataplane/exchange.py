@@ -241,7 +241,7 @@ class Exchange:
         self.sent_at = now
         conn.begin(self, self.head_only, now)
         access_log = ctx.access_log
-        if access_log is not None and not self.request_id:
+        if access_log is not None and not self.request_id and not self.rid_line:
             self.rid_line = access_log.request_id(self)
         pick = self.pick
         self.plain = (
@@ -385,9 +385,7 @@ class Exchange:
             self.finished = True
             if pick is not None:
                 self.pick = None
-                balancer = client.ctx.balancer
-                balancer.report_success(pick.key)
-                balancer.release(pick.key)
+                client.ctx.balancer.answered(pick.key)
             metrics = client.ctx.metrics
             if metrics is not None:
                 metrics.done(self, pick)
