@@ -53,7 +53,7 @@ def _exchange(rule: ir.Rule | None, status: int, **kw: Any) -> SimpleNamespace:
         "client": client, "rule": rule, "status": status, "upstream_status": status, "started": 0.0,
         "sent_at": 0.001, "attempts": 1, "reason": "", "method": "GET", "host": b"h0.example.com",
         "path": "/p", "query": "", "target": b"/p", "raw_head": None, "raw_headers": [(b"Host", b"h")],
-        "body_in": 0, "bytes_out": 10, "request_id": "",
+        "body_in": 0, "bytes_out": 10, "request_id": "", "rid_line": b"",
     }  # fmt: skip
     fields.update(kw)
     return SimpleNamespace(**fields)
@@ -77,10 +77,14 @@ def test_worker_counters_histograms_and_prune() -> None:
     wm.done(_exchange(rule1, 502, attempts=3, reason="refused", sent_at=0.0), None)
     wm.done(_exchange(None, 404, sent_at=0.0), None)
     key = (80, rule0.name, "sgp-a", "sgp-a|127.0.31.1:8080", 200)
-    assert wm.requests[key] == 2
-    hist = wm.request_seconds[(80, rule0.name)]
+    totals = merge([json.loads(json.dumps(wm.snapshot()))])
+    assert totals.requests[key] == 2
+    hist = totals.request_seconds[(80, rule0.name)]
     assert hist[BUCKETS.index(0.005)] == 1 and hist[BUCKETS.index(0.25)] == 1
     assert hist[-1] == pytest.approx(0.204)
+    upstream = totals.upstream_seconds["sgp-a|127.0.31.1:8080"]
+    assert sum(upstream[:-1]) == 2 and upstream[-1] == pytest.approx(0.202)
+    assert (80, "") in totals.request_seconds and totals.requests[(80, "", "", "", 404)] == 1
     assert wm.retries == {(80, rule1.name): 2}
     assert [e[5] for e in wm.errors] == [502]
     snap = json.loads(json.dumps(wm.snapshot(connections=3)))
@@ -88,8 +92,8 @@ def test_worker_counters_histograms_and_prune() -> None:
     assert merge([snap, snap]).connections == 6
     smaller = ir.IR((ir.Listener(80, "HTTP", (rule1,)),), config.server_groups)
     wm.prune(smaller)
-    assert all(k[1] != rule0.name for k in wm.requests)
-    assert (80, rule0.name) not in wm.request_seconds
+    assert all(k[1] != rule0.name for k in wm.series)
+    assert (80, rule1.name, "", 502) in wm.series
 
 
 def test_merge_skips_malformed_entries() -> None:
@@ -174,20 +178,40 @@ def _log_exchange(**kw: Any) -> SimpleNamespace:
 
 def test_access_log_line_fields_and_escaping(tmp_path: Any) -> None:
     path = tmp_path / "a.log"
-    log = AccessLog(path=str(path), wall=lambda: 1764138000.25, prefix="p" * 16)
+    log = AccessLog(path=str(path), prefix="p" * 16)  # not started: written at flush
     ex = _log_exchange(path='/a"b\\c\n\x01é', raw_headers=[(b"X-Request-Id", b" given ")])
-    log.record(ex, None, 200, 0.5, -1.0)
-    ex2 = _log_exchange(raw_head=b"GET / HTTP/1.1\r\nHost: h\r\n")
-    log.record(ex2, None, 404, 0.1, -1.0)
+    log.record(ex, None, 200, 0.5, -1.0, time.monotonic())
+    ex2 = _log_exchange(raw_head=b"GET / HTTP/1.1\r\nHost: h\r\n", upstream_status=0)
+    log.record(ex2, None, 404, 0.1, -1.0, time.monotonic())
     log.flush()
     first, second = (json.loads(x) for x in path.read_text().splitlines())
     assert first["path"] == '/a"b\\c\n\x01é' and first["request_id"] == "given"
-    assert first["time"] == "2025-11-26T06:20:00.250Z"
     assert first["upstream_duration"] is None and first["status"] == 200
-    assert second["request_id"] == "p" * 16 + "0000000000000001"
+    assert second["request_id"] == "p" * 16 + "1" and second["upstream_status"] is None
     assert second["bytes_in"] == len(b"GET / HTTP/1.1\r\nHost: h\r\n") + 2
+    assert abs(time.time() - _parse_time(first["time"])) < 5
     assert log.stats()["lines"] == 2
     log.close()
+
+
+def _parse_time(text: str) -> float:
+    import datetime
+
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_format_lines_time_and_ids() -> None:
+    values = [
+        0.25, "127.0.0.1", 80, "GET", b"h", "/", "", 200, 200, "r", "ns/i", "g", "127.0.31.1:80",
+        0.001, 0.0005, 10, 20, 2, b"X-Request-Id: abc\r\n",
+    ]  # fmt: skip
+    assert len(values) == accesslog.FIELDS
+    data, count = accesslog.format_lines(1764138000.0, "pp", values + values[:-1] + [7])
+    first, second = (json.loads(x) for x in data.decode().splitlines())
+    assert count == 2
+    assert first["time"] == "2025-11-26T06:20:00.250Z"
+    assert first["request_id"] == "abc" and second["request_id"] == "pp7"
+    assert first["retries"] == 1 and first["upstream_duration"] == 0.0005
 
 
 def test_request_id_header_forwarded_only_when_generated() -> None:
@@ -195,14 +219,14 @@ def test_request_id_header_forwarded_only_when_generated() -> None:
     given = _log_exchange(raw_head=b"GET / HTTP/1.1\r\nX-Request-ID: abc\r\nHost: h\r\n")
     assert log.request_id(given) == b"" and given.request_id == "abc"
     fresh = _log_exchange()
-    assert log.request_id(fresh) == b"X-Request-Id: " + b"q" * 16 + b"0000000000000001\r\n"
-    assert fresh.request_id == "q" * 16 + "0000000000000001"
+    assert log.request_id(fresh) == b"X-Request-Id: " + b"q" * 16 + b"1\r\n"
+    assert log.request_id(_log_exchange()) == b"X-Request-Id: " + b"q" * 16 + b"2\r\n"
 
 
-def test_pipe_writes_are_whole_lines_within_pipe_buf() -> None:
+def test_pipe_writes_are_whole_lines_within_pipe_buf(monkeypatch: pytest.MonkeyPatch) -> None:
     read_fd, write_fd = os.pipe()
     try:
-        log = AccessLog(fd=write_fd)
+        sink = accesslog.Sink(fd=write_fd)
         chunks: list[bytes] = []
         real_write = os.write
 
@@ -213,53 +237,52 @@ def test_pipe_writes_are_whole_lines_within_pipe_buf() -> None:
         lines = [json.dumps({"n": i, "pad": "x" * (i % 300)}) + "\n" for i in range(200)]
         data = "".join(lines).encode()
         assert len(data) < 65536  # fits the pipe: no reader needed
-        original = accesslog.os.write
-        accesslog.os.write = spy  # type: ignore[assignment]
-        try:
-            log._write(data, len(lines))
-        finally:
-            accesslog.os.write = original  # type: ignore[assignment]
+        monkeypatch.setattr(accesslog.os, "write", spy)
+        sink.write((data, len(lines)))
+        monkeypatch.undo()
         assert len(chunks) > 1
         assert all(len(c) <= accesslog.PIPE_BUF and c.endswith(b"\n") for c in chunks)
         assert os.read(read_fd, 1 << 20) == data
+        assert sink.lines == 200
     finally:
         os.close(read_fd)
         os.close(write_fd)
 
 
-def test_write_failure_is_counted_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+def test_write_failure_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     read_fd, write_fd = os.pipe()
     os.close(read_fd)  # nobody will ever read: EPIPE
-    log = AccessLog(fd=write_fd)
-    log.record(_log_exchange(), None, 200, 0.1, -1.0)
-    log.flush()
-    assert log.failures == 1 and log.dropped == 1 and "cannot write" in log.error
+    sink = accesslog.Sink(fd=write_fd)
+    sink.write((b"{}\n", 1))
+    assert sink.failures == 1 and sink.dropped == 1 and "cannot write" in sink.error
     assert "serving goes on" in caplog.text
     os.close(write_fd)
 
 
 def test_too_much_waiting_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     log = AccessLog(fd=os.open(os.devnull, os.O_WRONLY))
-    log._thread = SimpleNamespace()  # type: ignore[assignment]  # pretend started, never writes
-    monkeypatch.setattr(accesslog, "MAX_PENDING", 1000)
+    log._thread = SimpleNamespace()  # type: ignore[assignment]  # pretend started, never sends
+    monkeypatch.setattr(accesslog, "MAX_PENDING", 2000)
     for _ in range(20):
-        log.record(_log_exchange(), None, 200, 0.1, -1.0)
+        log.record(_log_exchange(), None, 200, 0.1, -1.0, 1.0)
         log.flush()
     assert 0 < log.dropped < 20
-    assert log.pending <= 1000
+    assert log.pending <= 2000
+    assert log.stats()["dropped"] == log.dropped
 
 
 def test_unopenable_file_is_retried_later(tmp_path: Any) -> None:
     target = tmp_path / "later" / "a.log"
     log = AccessLog(path=str(target))
-    log.record(_log_exchange(), None, 200, 0.1, -1.0)
+    log.record(_log_exchange(), None, 200, 0.1, -1.0, 1.0)
     log.flush()
-    assert log.failures == 1 and log.dropped == 1
+    assert log.stats()["failures"] == 1 and log.stats()["dropped"] == 1
     target.parent.mkdir()
-    log._next_open = 0.0
-    log.record(_log_exchange(), None, 200, 0.1, -1.0)
+    assert log.sink is not None
+    log.sink._next_open = 0.0
+    log.record(_log_exchange(), None, 200, 0.1, -1.0, 1.0)
     log.flush()
-    assert len(target.read_text().splitlines()) == 1 and log.error == ""
+    assert len(target.read_text().splitlines()) == 1 and log.stats()["error"] == ""
     log.close()
 
 

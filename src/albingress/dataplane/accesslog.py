@@ -1,41 +1,53 @@
-"""The access log: one JSON line per request, written by each worker, off the hot path.
+"""The access log: one JSON line per request, formatted and written outside the worker's loop.
 
 Where the lines go (``--access-log``): ``-`` (the default) is the supervisor's standard output,
-``off`` writes nothing, anything else is a file path. Each worker writes its own lines itself:
-its own stdout is the control channel to the supervisor, so for ``-`` the supervisor hands every
-worker a duplicate of its standard output (an inherited descriptor, ``--access-log-fd``); a file
-is opened by each worker with ``O_APPEND``. Sending the lines through the supervisor instead
-would make one process parse and re-write every worker's traffic.
+``off`` writes nothing, anything else is a file path. A worker's own stdout is the control
+channel to the supervisor, so for ``-`` the supervisor hands every worker a duplicate of its
+standard output (an inherited descriptor, ``--access-log-fd``); a file is opened with
+``O_APPEND`` (several workers append whole lines to one file).
 
-Cost on the hot path: :meth:`AccessLog.record` formats one line (an f-string; strings escaped by
-the json module's C escaper) and appends it to a list. Every 100 ms, or once 64 KiB are waiting,
-the list is joined and handed to a writer thread, so a slow or stuck destination (a pipe nobody
-reads, a full disk) never blocks serving. Writes are cut at line boundaries into pieces of at
-most ``PIPE_BUF`` bytes, so lines of several workers sharing one pipe never interleave.
+The work is split so that serving pays as little as possible (measured in
+``bench/observability_bench.py``):
 
-Failures are reported and serving goes on: a write error is logged once (on stderr) until
-writing works again; lines that cannot be written are dropped and counted, as are lines dropped
-because more than 8 MiB are waiting (see :meth:`AccessLog.stats`, exported as metrics). A file
-that cannot be opened is tried again every 5 seconds.
+1. in the worker's hot path, :meth:`AccessLog.record` appends one tuple of plain values;
+2. every 100 ms (or at 4,096 records) the batch is ``marshal``-ed and handed to a writer thread,
+   which sends it as a length-prefixed frame to the worker's log process;
+3. the log process (``python -m albingress.dataplane.accesslog``, one per worker, started by the
+   worker) formats the JSON lines and writes them (:class:`Sink`), cut at line boundaries into
+   pieces of at most ``PIPE_BUF`` bytes so lines of several workers sharing a pipe never
+   interleave. It runs on another core: Python threads would hold the worker's GIL.
+
+Failures are reported and serving goes on: a destination that cannot be opened or written is
+logged once (stderr) until it works again, tried again every 5 s, and its lines are dropped and
+counted; so are lines dropped because more than 8 MiB wait (a stuck pipe), or because the log
+process is gone (it is restarted). The log process sends its counts back every second; they
+reach ``/metrics`` with the worker's snapshots (:meth:`AccessLog.stats`).
 
 Fields: ``time`` (UTC, ms), ``client``, ``listener``, ``method``, ``host``, ``path``, ``query``,
 ``status`` (sent), ``upstream_status`` (from the server; null when none answered), ``rule``,
 ``ingress``, ``server_group`` (the Service's ``ns/name:port`` or the group id), ``server``
 (address:port), ``duration`` and ``upstream_duration`` (seconds; null when no server was asked),
 ``bytes_in`` (request head and body), ``bytes_out`` (response bytes sent, tunnels excepted),
-``retries``, ``request_id`` (the request's X-Request-Id, or one generated here and forwarded to
-the server as X-Request-Id).
+``retries``, ``request_id`` (the request's X-Request-Id, or one generated and forwarded to the
+server as X-Request-Id).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import logging
+import marshal
 import os
 import queue
+import signal
 import stat
+import struct
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _q
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +62,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("albingress.accesslog")
 
 FLUSH_INTERVAL = 0.1  # seconds
-FLUSH_BYTES = 64 << 10
-MAX_PENDING = 8 << 20  # bytes handed to the writer and not yet written
-REOPEN_DELAY = 5.0  # seconds between attempts to open a file that failed
+FLUSH_RECORDS = 4096
+MAX_PENDING = 8 << 20  # bytes handed to the writer thread and not yet sent
+REOPEN_DELAY = 5.0  # seconds between attempts to open a destination (or restart the process)
 PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
+_FRAME = struct.Struct("!I")
+FIELDS = 19  # values per record in a batch (see AccessLog.record)
+_FLUSH_ITEMS = FLUSH_RECORDS * FIELDS
 
 
 def parse_destination(value: str) -> str | None:
@@ -64,113 +79,125 @@ def parse_destination(value: str) -> str | None:
     return text
 
 
+# --------------------------------------------------------------------------- the worker's side
+
+
 class AccessLog:
-    """One worker's access log: ``fd`` (inherited, not closed here) or ``path`` (opened here)."""
+    """A worker's access log: to ``fd`` (inherited, not closed here) or ``path``."""
 
     def __init__(
-        self,
-        *,
-        path: str | None = None,
-        fd: int | None = None,
-        wall: Callable[[], float] = time.time,
-        prefix: str | None = None,
+        self, *, path: str | None = None, fd: int | None = None, prefix: str | None = None
     ) -> None:
         if (path is None) == (fd is None):
             raise ValueError("exactly one of path and fd")
         self.path = path
         self.fd = fd
-        self.own_fd = False
-        self.wall = wall
-        self.buf: list[str] = []
-        self.size = 0
-        self.lines = 0  # lines written
-        self.dropped = 0  # lines given up (write failed, or too much waiting)
-        self.failures = 0  # write or open errors
-        self.error = ""  # the last error, "" once writing works again
-        self.pending = 0  # bytes handed to the writer thread, not yet written
-        self._id_prefix = prefix if prefix is not None else os.urandom(8).hex()
+        self.buf: list[Any] = []  # FIELDS values per record, flat
+        self.dropped = 0  # records given up before reaching the log process
+        self.failures = 0
+        self.error = ""
+        self.pending = 0  # bytes handed to the writer thread, not yet sent
+        self.remote: dict[str, Any] = {}  # the log process's last counts
+        self.prefix = prefix if prefix is not None else os.urandom(8).hex()
+        self._line_head = b"X-Request-Id: " + self.prefix.encode()
         self._id_next = 0
-        self._sec = -1
-        self._sec_text = ""
-        self._is_pipe = False
-        self._next_open = 0.0
-        self._queue: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
+        self._labels: dict[str, tuple[str, str]] = {}  # pick key -> (group label, server)
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        if fd is not None:
-            self._is_pipe = _is_pipe(fd)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._next_spawn = 0.0
+        self._stats_buf = b""
+        self.sink: Sink | None = None  # when not started: format and write here (tests)
 
     # ----------------------------------------------------------------- the hot path
 
     def record(
-        self, ex: Exchange, pick: Pick | None, status: int, duration: float, upstream: float
+        self,
+        ex: Exchange,
+        pick: Pick | None,
+        status: int,
+        duration: float,
+        upstream: float,
+        now: float,
     ) -> None:
-        """Format ``ex``'s line and keep it for the next flush."""
-        wall = self.wall()
-        sec = int(wall)
-        if sec != self._sec:
-            self._sec = sec
-            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        client = ex.client
+        """Keep ``ex``'s values for the next batch."""
         rule = ex.rule
         if pick is not None:
-            group = pick.group
-            gname = group.name if group.source is GroupSource.SERVICE else group.id
-            server = f"{pick.server.address}:{pick.server.port}"
+            label = self._labels.get(pick.key)
+            if label is None:
+                label = self._label(pick)
+            group, server = label
         else:
-            gname = server = ""
-        rid = ex.request_id or self._assign_id(ex)
+            group = server = ""
         raw = ex.raw_head
-        if raw is not None:
-            bytes_in = len(raw) + 2
-        else:
-            bytes_in = len(ex.method) + len(ex.target) + 12
-            for name, value in ex.raw_headers:
-                bytes_in += len(name) + len(value) + 4
-        bytes_in += ex.body_in
-        up_status = ex.upstream_status
-        line = (
-            f'{{"time":"{self._sec_text}.{int((wall - sec) * 1000):03d}Z",'
-            f'"client":{_q(client.client_ip)},"listener":{client.listener_port},'
-            f'"method":{_q(ex.method)},"host":{_q(ex.host.decode("latin-1"))},'
-            f'"path":{_q(ex.path)},"query":{_q(ex.query)},"status":{status},'
-            f'"upstream_status":{up_status if up_status else "null"},'
-            f'"rule":{_q(rule.name if rule is not None else "")},'
-            f'"ingress":{_q(rule.ingress if rule is not None else "")},'
-            f'"server_group":{_q(gname)},"server":{_q(server)},'
-            f'"duration":{duration:.6f},'
-            f'"upstream_duration":{f"{upstream:.6f}" if upstream >= 0 else "null"},'
-            f'"bytes_in":{bytes_in},"bytes_out":{ex.bytes_out},'
-            f'"retries":{ex.attempts - 1 if ex.attempts > 1 else 0},"request_id":{_q(rid)}}}\n'
+        bytes_in = (len(raw) + 2 if raw is not None else _head_size(ex)) + ex.body_in
+        client = ex.client
+        buf = self.buf
+        buf += (  # flat: no tuple per record for the garbage collector to track
+            now,
+            client.client_ip,
+            client.listener_port,
+            ex.method,
+            ex.host,
+            ex.path,
+            ex.query,
+            status,
+            ex.upstream_status,
+            rule.name if rule is not None else "",
+            rule.ingress if rule is not None else "",
+            group,
+            server,
+            duration,
+            upstream,
+            bytes_in,
+            ex.bytes_out,
+            ex.attempts,
+            ex.request_id or ex.rid_line or self._id_of(ex),
         )
-        self.buf.append(line)
-        self.size += len(line)
-        if self.size >= FLUSH_BYTES:
+        if len(buf) >= _FLUSH_ITEMS:
             self.flush()
 
+    def _label(self, pick: Pick) -> tuple[str, str]:
+        group = pick.group
+        label = (
+            group.name if group.source is GroupSource.SERVICE else group.id,
+            f"{pick.server.address}:{pick.server.port}",
+        )
+        if len(self._labels) > 100_000:
+            self._labels.clear()
+        self._labels[pick.key] = label
+        return label
+
     def request_id(self, ex: Exchange) -> bytes:
-        """Set ``ex.request_id``; the header line to add upstream (b"" when the client sent one)."""
+        """The X-Request-Id line to add upstream: b"" when the client sent one (then kept in
+        ``ex.request_id``), else a new id (kept in the line, ``ex.rid_line``, by the caller)."""
         rid = _client_request_id(ex)
         if rid:
             ex.request_id = rid
             return b""
-        rid = self._assign_id(ex)
-        return b"X-Request-Id: " + rid.encode() + b"\r\n"
+        self._id_next += 1
+        return self._line_head + b"%x\r\n" % self._id_next
 
-    def _assign_id(self, ex: Exchange) -> str:
+    def _id_of(self, ex: Exchange) -> str | bytes | int:
+        """What identifies ``ex`` in its record: the client's id, the generated line, or a new
+        number (an answer of the proxy itself, never forwarded)."""
+        rid = ex.request_id or ex.rid_line
+        if rid:
+            return rid
         rid = _client_request_id(ex)
-        if not rid:
-            self._id_next += 1
-            rid = f"{self._id_prefix}{self._id_next:016x}"
-        ex.request_id = rid
-        return rid
+        if rid:
+            return rid
+        self._id_next += 1
+        return self._id_next
 
-    # ----------------------------------------------------------------- flushing
+    # ----------------------------------------------------------------- batches
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the writer thread and the periodic flush."""
+        """Start the log process, the writer thread and the periodic flush."""
         self._loop = loop
+        self._spawn()
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._thread.start()
         self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
@@ -181,22 +208,25 @@ class AccessLog:
             self._timer = self._loop.call_later(FLUSH_INTERVAL, self._tick)
 
     def flush(self) -> None:
-        """Hand what is waiting to the writer thread (or drop it when too much is waiting)."""
-        if not self.buf:
+        """Hand the batch to the writer thread (or drop it when too much is waiting)."""
+        buf = self.buf
+        if not buf:
             return
-        buf, self.buf, self.size = self.buf, [], 0
-        data = "".join(buf).encode("utf-8", "replace")
-        if self.pending + len(data) > MAX_PENDING:
-            self.dropped += len(buf)
+        self.buf = []
+        if self._thread is None:  # not started: format and write here
+            if self.sink is None:
+                self.sink = Sink(path=self.path, fd=self.fd)
+            self.sink.write(format_lines(time.time() - time.monotonic(), self.prefix, buf))
             return
-        self.pending += len(data)
-        if self._thread is None:  # not started (tests): write here
-            self._write(data, len(buf))
-        else:
-            self._queue.put((data, len(buf)))
+        frame = marshal.dumps((time.time() - time.monotonic(), buf))
+        if self.pending + len(frame) > MAX_PENDING:
+            self.dropped += len(buf) // FIELDS
+            return
+        self.pending += len(frame)
+        self._queue.put(frame)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Flush, let the writer finish (for at most ``timeout`` seconds), close a file."""
+        """Flush, let the writer and the log process finish (each within ``timeout`` s)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -205,28 +235,192 @@ class AccessLog:
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
-        if self.own_fd and self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        proc = self._proc
+        if proc is not None:
+            if self._loop is not None and proc.stdout is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(proc.stdout.fileno())
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self._read_stats()
+        if self.sink is not None:
+            self.sink.close()
 
     def stats(self) -> dict[str, Any]:
+        sink = self.sink
+        remote = sink.stats() if sink is not None else self.remote
         return {
-            "lines": self.lines,
-            "dropped": self.dropped,
-            "failures": self.failures,
-            "error": self.error,
+            "lines": int(remote.get("lines", 0)),
+            "dropped": self.dropped + int(remote.get("dropped", 0)),
+            "failures": self.failures + int(remote.get("failures", 0)),
+            "error": self.error or str(remote.get("error", "")),
         }
 
-    # ----------------------------------------------------------------- the writer thread
+    # ----------------------------------------------------------------- the log process
+
+    def _spawn(self) -> None:
+        args = [sys.executable, "-m", "albingress.dataplane.accesslog", "--prefix", self.prefix]
+        fds: list[int] = []
+        if self.fd is not None:
+            args += ["--fd", str(self.fd)]
+            fds.append(self.fd)
+        else:
+            args += ["--path", str(self.path)]
+        try:
+            self._proc = subprocess.Popen(
+                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds
+            )
+        except OSError as exc:
+            self._proc = None
+            self._next_spawn = time.monotonic() + REOPEN_DELAY
+            self._failed(f"cannot start the access log process: {exc}")
+            return
+        if self._loop is not None and self._proc.stdout is not None:
+            os.set_blocking(self._proc.stdout.fileno(), False)
+            self._loop.add_reader(self._proc.stdout.fileno(), self._read_stats)
+
+    def _read_stats(self) -> None:
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            return
+        try:
+            data = os.read(proc.stdout.fileno(), 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, ValueError):
+            data = b""
+        if not data:  # the process is gone
+            if self._loop is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(proc.stdout.fileno())
+            return
+        *lines, self._stats_buf = (self._stats_buf + data).split(b"\n")
+        for line in reversed(lines):
+            with contextlib.suppress(ValueError):
+                self.remote = json.loads(line)
+                break
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            frame = self._queue.get()
+            if frame is None:
+                proc = self._proc
+                if proc is not None and proc.stdin is not None:
+                    with contextlib.suppress(OSError):
+                        proc.stdin.close()
                 return
-            self._write(*item)
+            self._send(frame)
+            self.pending -= len(frame)
 
-    def _write(self, data: bytes, count: int) -> None:
+    def _send(self, frame: bytes) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            if time.monotonic() < self._next_spawn:
+                self._lost(frame)
+                return
+            self._spawn()  # from this thread: the event loop is not touched but for the reader
+            proc = self._proc
+            if proc is None:
+                self._lost(frame)
+                return
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(_FRAME.pack(len(frame)) + frame)
+            proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            self._next_spawn = time.monotonic() + REOPEN_DELAY
+            self._failed(f"the access log process is gone ({exc})")
+            self._lost(frame)
+        else:
+            self.error = ""
+
+    def _lost(self, frame: bytes) -> None:
+        with contextlib.suppress(ValueError, EOFError, TypeError):
+            self.dropped += len(marshal.loads(frame)[1]) // FIELDS
+
+    def _failed(self, message: str) -> None:
+        self.failures += 1
+        if not self.error:
+            log.error("%s; lines are dropped until it works again, serving goes on", message)
+        self.error = message
+
+
+def _head_size(ex: Exchange) -> int:
+    size = len(ex.method) + len(ex.target) + 12
+    for name, value in ex.raw_headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
+def _client_request_id(ex: Exchange) -> str:
+    raw = ex.raw_head
+    if raw is not None:
+        at = raw.lower().find(b"\r\nx-request-id:")
+        if at < 0:
+            return ""
+        end = raw.find(b"\r\n", at + 16)
+        return raw[at + 16 : end if end >= 0 else len(raw)].strip().decode("latin-1")[:200]
+    for name, value in ex.raw_headers:
+        if len(name) == 12 and name.lower() == b"x-request-id":
+            return value.strip().decode("latin-1")[:200]
+    return ""
+
+
+# --------------------------------------------------------------------------- the log process
+
+
+def format_lines(offset: float, prefix: str, values: list[Any]) -> tuple[bytes, int]:
+    """JSON lines for the records in ``values`` (``FIELDS`` each; ``offset``: wall clock minus
+    the records' monotonic clock)."""
+    out = []
+    last_sec = -1
+    sec_text = ""
+    for at in range(0, len(values) - FIELDS + 1, FIELDS):
+        r = values[at : at + FIELDS]
+        wall = r[0] + offset
+        sec = int(wall)
+        if sec != last_sec:
+            last_sec = sec
+            sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        host = r[4].decode("latin-1") if isinstance(r[4], bytes) else str(r[4])
+        rid = r[18]
+        if isinstance(rid, bytes):  # the generated header line
+            rid = rid[14:].strip().decode("latin-1")
+        elif isinstance(rid, int):
+            rid = f"{prefix}{rid:x}"
+        upstream = r[14]
+        out.append(
+            f'{{"time":"{sec_text}.{int((wall - sec) * 1000):03d}Z","client":{_q(r[1])},'
+            f'"listener":{r[2]},"method":{_q(r[3])},"host":{_q(host)},"path":{_q(r[5])},'
+            f'"query":{_q(r[6])},"status":{r[7]},"upstream_status":{r[8] or "null"},'
+            f'"rule":{_q(r[9])},"ingress":{_q(r[10])},"server_group":{_q(r[11])},'
+            f'"server":{_q(r[12])},"duration":{r[13]:.6f},'
+            f'"upstream_duration":{f"{upstream:.6f}" if upstream >= 0 else "null"},'
+            f'"bytes_in":{r[15]},"bytes_out":{r[16]},"retries":{max(0, r[17] - 1)},'
+            f'"request_id":{_q(rid)}}}\n'
+        )
+    return "".join(out).encode("utf-8", "replace"), len(out)
+
+
+class Sink:
+    """Writes lines to ``fd`` or ``path``, reporting failures and reopening after them."""
+
+    def __init__(self, *, path: str | None = None, fd: int | None = None) -> None:
+        self.path = path
+        self.fd = fd
+        self.own_fd = False
+        self.lines = 0
+        self.dropped = 0
+        self.failures = 0
+        self.error = ""
+        self._is_pipe = _is_pipe(fd) if fd is not None else False
+        self._next_open = 0.0
+
+    def write(self, batch: tuple[bytes, int]) -> None:
+        data, count = batch
         try:
             fd = self._open()
             if fd is None:
@@ -243,8 +437,6 @@ class AccessLog:
             if self.error:
                 log.warning("access log: writing again (%d lines dropped so far)", self.dropped)
                 self.error = ""
-        finally:
-            self.pending -= len(data)
 
     def _open(self) -> int | None:
         if self.fd is not None:
@@ -252,10 +444,9 @@ class AccessLog:
         now = time.monotonic()
         if now < self._next_open or self.path is None:
             return None
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
-            self.fd = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
+            self.fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
             self._next_open = now + REOPEN_DELAY
             self._failed(f"cannot open the access log {self.path}: {exc.strerror or exc}", 0)
@@ -270,6 +461,19 @@ class AccessLog:
         if not self.error:
             log.error("%s; lines are dropped until it works again, serving goes on", message)
         self.error = message
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "dropped": self.dropped,
+            "failures": self.failures,
+            "error": self.error,
+        }
+
+    def close(self) -> None:
+        if self.own_fd and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _is_pipe(fd: int) -> bool:
@@ -302,15 +506,45 @@ def _write_pieces(fd: int, data: bytes) -> None:
         start = stop
 
 
-def _client_request_id(ex: Exchange) -> str:
-    raw = ex.raw_head
-    if raw is not None:
-        at = raw.lower().find(b"\r\nx-request-id:")
-        if at < 0:
-            return ""
-        end = raw.find(b"\r\n", at + 16)
-        return raw[at + 16 : end if end >= 0 else len(raw)].strip().decode("latin-1")[:200]
-    for name, value in ex.raw_headers:
-        if len(name) == 12 and name.lower() == b"x-request-id":
-            return value.strip().decode("latin-1")[:200]
-    return ""
+def _read_exact(stream: Any, size: int) -> bytes | None:
+    data: bytes = stream.read(size)
+    return data if len(data) == size else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The log process: frames on stdin, lines to the destination, counts on stdout."""
+    parser = argparse.ArgumentParser(prog="albingress.dataplane.accesslog")
+    parser.add_argument("--fd", type=int)
+    parser.add_argument("--path")
+    parser.add_argument("--prefix", default="")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="access log %(process)d: %(message)s")
+    with contextlib.suppress(ValueError, OSError):  # the worker decides when this ends (EOF)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sink = Sink(path=args.path, fd=args.fd)
+    stdin = sys.stdin.buffer
+    stdout = sys.stdout.buffer
+    reported = 0.0
+    while True:
+        head = _read_exact(stdin, _FRAME.size)
+        frame = _read_exact(stdin, _FRAME.unpack(head)[0]) if head is not None else None
+        if frame is not None:
+            try:
+                offset, records = marshal.loads(frame)
+                sink.write(format_lines(offset, args.prefix, records))
+            except (ValueError, EOFError, TypeError, IndexError):
+                log.exception("bad access log frame")
+        now = time.monotonic()
+        if frame is None or now - reported >= 1.0:
+            reported = now
+            with contextlib.suppress(OSError, ValueError):
+                stdout.write(json.dumps(sink.stats()).encode() + b"\n")
+                stdout.flush()
+        if frame is None:  # the worker is gone or done
+            sink.close()
+            return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

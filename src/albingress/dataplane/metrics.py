@@ -1,10 +1,12 @@
 """Worker-side counters: what each finished request adds, and the snapshot sent to the supervisor.
 
 The hot path is one call per finished request (:meth:`WorkerMetrics.done`, from
-:mod:`.exchange`): a dict increment keyed by a tuple ``(listener port, rule name, server group
-id, server key, status)``, and one bucket increment in each of two fixed-bucket histograms (the
-whole request by listener and rule; the upstream part by server). No label strings are built and
-no lock is taken: each worker is single-threaded and owns its counters.
+:mod:`.exchange`): one dict lookup keyed by a tuple ``(listener port, rule name, server key,
+status)`` finds a list holding two fixed-bucket histograms (the whole request, and the part from
+sending to the server to the end of its answer), where one bucket of each is incremented; the
+request count is the sum of the first one's buckets. No label strings are built and no lock is
+taken: each worker is single-threaded and owns its counters. :func:`merge` turns the series into
+the totals by rule, by server and by status class that are rendered.
 
 Every second, and whenever the supervisor asks (``{"type": "metrics"}`` on the control channel),
 the worker writes a cumulative snapshot (:meth:`WorkerMetrics.snapshot`) as one JSON line on its
@@ -22,7 +24,7 @@ from __future__ import annotations
 import collections
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +60,7 @@ RequestKey = tuple[int, str, str, str, int]  # port, rule, group id, server key,
 RuleKey = tuple[int, str]  # port, rule
 
 
-def _new_hist() -> list[float]:
-    """``_NB`` bucket counts (not cumulative), then the sum of observations."""
-    return [0] * _NB + [0.0]
+_UP = _NB + 1  # where the upstream histogram starts in a series' list
 
 
 class WorkerMetrics:
@@ -78,47 +78,45 @@ class WorkerMetrics:
         self.access_log = access_log
         self.clock = clock
         self.wall = wall
-        self.requests: dict[RequestKey, int] = {}
-        self.request_seconds: dict[RuleKey, list[float]] = {}
-        self.upstream_seconds: dict[str, list[float]] = {}
+        # (port, rule, server key, status) -> both histograms, one list: _NB request-duration
+        # bucket counts, their sum, _NB upstream-duration bucket counts, their sum. The request
+        # count is the sum of the first buckets: one dict lookup per request counts everything.
+        self.series: dict[tuple[int, str, str, int], list[float]] = {}
         self.retries: dict[RuleKey, int] = {}
         self.errors: collections.deque[list[Any]] = collections.deque(maxlen=RECENT_ERRORS)
         self.seq = 0
 
     # ----------------------------------------------------------------- the hot path
 
-    def done(self, ex: Exchange, pick: Pick | None) -> None:
+    def done(
+        self,
+        ex: Exchange,
+        pick: Pick | None,
+        _bisect: Callable[[Sequence[float], float], int] = bisect_left,
+        _buckets: tuple[float, ...] = BUCKETS,
+    ) -> None:
         """``ex`` is finished; ``pick`` is the server that answered it, if any."""
         now = self.clock()
         status = ex.status or CLIENT_GONE
         rule = ex.rule
-        port = ex.client.listener_port
-        rname = rule.name if rule is not None else ""
-        if pick is not None:
-            gid = pick.group.id
-            skey = pick.key
-        else:
-            gid = skey = ""
+        skey = pick.key if pick is not None else ""
         duration = now - ex.started
         sent = ex.sent_at
         upstream = now - sent if sent else -1.0
         if self.enabled:
-            key = (port, rname, gid, skey, status)
-            reqs = self.requests
-            reqs[key] = reqs.get(key, 0) + 1
-            rkey = (port, rname)
-            hist = self.request_seconds.get(rkey)
+            port = ex.client.listener_port
+            rname = rule.name if rule is not None else ""
+            key = (port, rname, skey, status)
+            hist = self.series.get(key)
             if hist is None:
-                hist = self.request_seconds[rkey] = _new_hist()
-            hist[bisect_left(BUCKETS, duration)] += 1
+                hist = self.series[key] = [0] * _NB + [0.0] + [0] * _NB + [0.0]
+            hist[_bisect(_buckets, duration)] += 1
             hist[_NB] += duration
-            if upstream >= 0 and skey:
-                hist = self.upstream_seconds.get(skey)
-                if hist is None:
-                    hist = self.upstream_seconds[skey] = _new_hist()
-                hist[bisect_left(BUCKETS, upstream)] += 1
-                hist[_NB] += upstream
+            if upstream >= 0.0:
+                hist[_UP + _bisect(_buckets, upstream)] += 1
+                hist[_UP + _NB] += upstream
             if ex.attempts > 1:
+                rkey = (port, rname)
                 self.retries[rkey] = self.retries.get(rkey, 0) + ex.attempts - 1
             if status >= 500:
                 self.errors.append(
@@ -126,7 +124,7 @@ class WorkerMetrics:
                         round(self.wall(), 3),
                         port,
                         rname,
-                        gid,
+                        skey.rpartition("|")[0],
                         skey,
                         status,
                         ex.reason,
@@ -137,7 +135,7 @@ class WorkerMetrics:
                 )
         log = self.access_log
         if log is not None:
-            log.record(ex, pick, status, duration, upstream)
+            log.record(ex, pick, status, duration, upstream, now)
 
     # ----------------------------------------------------------------- upkeep
 
@@ -147,12 +145,8 @@ class WorkerMetrics:
         servers = {
             server_key(g.id, s.address, s.port) for g in ir.server_groups for s in g.servers
         } | {""}
-        self.requests = {
-            k: v for k, v in self.requests.items() if k[1] in rules and k[3] in servers
-        }
-        self.request_seconds = {k: v for k, v in self.request_seconds.items() if k[1] in rules}
+        self.series = {k: v for k, v in self.series.items() if k[1] in rules and k[2] in servers}
         self.retries = {k: v for k, v in self.retries.items() if k[1] in rules}
-        self.upstream_seconds = {k: v for k, v in self.upstream_seconds.items() if k in servers}
 
     def snapshot(self, connections: int = 0, busy: int = 0) -> dict[str, Any]:
         """Everything counted so far (cumulative), JSON-ready."""
@@ -163,9 +157,7 @@ class WorkerMetrics:
             "seq": self.seq,
             "connections": connections,
             "busy": busy,
-            "requests": [[*k, v] for k, v in self.requests.items()],
-            "request_seconds": [[*k, v] for k, v in self.request_seconds.items()],
-            "upstream_seconds": [[k, v] for k, v in self.upstream_seconds.items()],
+            "series": [[*k, v] for k, v in self.series.items()],
             "retries": [[*k, v] for k, v in self.retries.items()],
             "errors": list(self.errors),
             "log": log.stats() if log is not None else None,
@@ -208,7 +200,7 @@ class Totals:
         }
 
 
-def _add_hist(into: dict[Any, list[float]], key: Any, values: list[float]) -> None:
+def _add_hist(into: dict[Any, list[float]], key: Any, values: Sequence[float]) -> None:
     if len(values) != _NB + 1:
         return
     have = into.get(key)
@@ -228,7 +220,16 @@ def merge(snapshots: Iterable[Mapping[str, Any]], live: bool = True) -> Totals:
     errors: list[list[Any]] = []
     for snap in snapshots:
         try:
-            for *k, v in snap.get("requests", ()):
+            for port, rule, skey, status, values in snap.get("series", ()):
+                if len(values) != 2 * _UP:
+                    continue
+                count = int(sum(values[:_NB]))
+                key = (int(port), str(rule), str(skey).rpartition("|")[0], str(skey), int(status))
+                t.requests[key] = t.requests.get(key, 0) + count
+                _add_hist(t.request_seconds, (int(port), str(rule)), values[:_UP])
+                if skey and any(values[_UP : _UP + _NB]):
+                    _add_hist(t.upstream_seconds, str(skey), values[_UP:])
+            for *k, v in snap.get("requests", ()):  # totals kept for replaced workers
                 key = (int(k[0]), str(k[1]), str(k[2]), str(k[3]), int(k[4]))
                 t.requests[key] = t.requests.get(key, 0) + int(v)
             for port, rule, values in snap.get("request_seconds", ()):
