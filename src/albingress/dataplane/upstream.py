@@ -334,7 +334,9 @@ class Pool:
     def put(self, conn: UpstreamConnection) -> None:
         if conn.closed:
             return
-        conns = self.idle.setdefault(conn.key, [])
+        conns = self.idle.get(conn.key)
+        if conns is None:
+            conns = self.idle[conn.key] = []
         if len(conns) >= self.ctx.settings.pool_idle_per_server or self.ctx.draining:
             conn.close()
             return
