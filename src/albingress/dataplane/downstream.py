@@ -8,7 +8,16 @@ queue and reading pauses while any wait, so memory stays bounded.
 Requests are read and checked by :mod:`.request` (the RFC 9112 checks are listed there).
 Every rejection answers in order (after the requests before it) and closes the connection.
 Idle and header timeouts use one timestamp, ``idle_since``, set and cleared in
-:meth:`ClientConnection._set_idle` only, checked by the worker's periodic sweep.
+:meth:`ClientConnection._set_idle` (inlined on the hot path: ``data_received`` and
+``exchange_done``), checked by the worker's periodic sweep.
+
+The hot path: a read that is exactly one bodyless request goes to the fast lane
+(``_simple``: llhttp checks it without per-header callbacks). Once a fast-lane request was
+routed to a rule that only forwards, its bytes are remembered (:class:`~.request.RequestMemo`):
+the same bytes again on this connection, while the same routing table is live, are neither
+parsed nor routed again (llhttp and the header scan would find them exactly as valid, routing
+is pure) and go to :meth:`~.exchange.Exchange.forward_again`. Keep-alive clients that repeat
+their request (load balancer health probes, polling, benchmarks) take this path.
 """
 
 from __future__ import annotations

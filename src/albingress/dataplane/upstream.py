@@ -6,6 +6,14 @@ serves; the work happens after ``feed_data`` returns: the output for the client 
 write, and a finished connection goes back to the :class:`Pool` before the exchange is told, so
 the next request may reuse it at once.
 
+The hot path: a read that is exactly one complete final response with nothing to rewrite is
+relayed as received (``_plain``: llhttp checks it without per-header callbacks, then the head is
+scanned for hop-by-hop fields). Its head is remembered per connection; a later read that starts
+with the very same head and has the same length is framed the same way (Content-Length, or no
+body for 204/304) and is relayed without being parsed again. A server that answers with the
+same headers (only the body differs) pays for the checks once per change of head (nginx: once
+a second, when its Date header changes).
+
 The pool keeps, per server key (``ir.server_key``), a LIFO list of idle connections (the most
 recently used first: the one least likely to have been closed by the server), bounded by
 ``settings.pool_idle_per_server``; :meth:`Pool.sweep` closes those idle for too long.
