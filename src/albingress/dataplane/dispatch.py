@@ -3,16 +3,21 @@
 Pre-actions first: TrafficLimit (503 when over), InsertHeader / RemoveHeader (the upstream
 request's headers), Rewrite (its host, path and query), TrafficMirror (a copy to each mirror
 group, see :mod:`.mirror`; sent after the other pre-actions, so it sees the rewritten request).
-Then the final action: ForwardGroup hands the request to the balancer
-(:meth:`.exchange.Exchange.forward`), Redirect and FixedResponse are answered here. What each
+Then the final action: ForwardGroup hands the request to the balancer (:func:`forward`: a
+server is picked and the request sent to it over a pooled or a new connection; a refused
+connect is retried on another server), Redirect and FixedResponse are answered here. What each
 action computes lives in :mod:`.actions`; this module only applies it to an exchange.
+:func:`forward_again` is ``forward`` for a request its client connection remembers (see
+``request.RequestMemo``), the hot path.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from albingress.dataplane import actions as act
+from albingress.dataplane.balancer import STICKY_COOKIE, Pick, PickContext
 from albingress.dataplane.mirror import mirror
 from albingress.ir import (
     FixedResponseAction,
@@ -134,3 +139,131 @@ def _pre_actions(ex: Exchange, rule: Rule) -> bool:
     if mirrors:
         mirror(ex, tuple(mirrors))
     return True
+
+
+# --------------------------------------------------------------------------- forwarding
+
+_STICKY_PREFIX = STICKY_COOKIE.encode() + b"="
+
+
+def _sticky_value(cookie: bytes) -> str | None:
+    for part in cookie.split(b";"):
+        part = part.strip()
+        if part.startswith(_STICKY_PREFIX):
+            return part[len(_STICKY_PREFIX) :].decode("latin-1")
+    return None
+
+
+def forward(ex: Exchange) -> None:
+    """Pick a server by the rule's ForwardGroup and send the request there: over a pooled
+    connection now, or over a new one once it is open (a refused connect is retried on another
+    server, up to ``settings.max_retries`` more times)."""
+    ctx = ex.client.ctx
+    rule = ex.rule
+    assert rule is not None
+    action = rule.actions[-1]
+    assert isinstance(action, ForwardAction)
+    client = ex.client
+    sticky = _sticky_value(ex.cookie) if ex.cookie else None
+    pctx = client.last_pick_context
+    if (
+        ex.tried
+        or pctx is None
+        or pctx.path != ex.path
+        or pctx.query != ex.query
+        or pctx.sticky_cookie != sticky
+    ):  # a PickContext is costly to build: a keep-alive client reuses its last one
+        pctx = PickContext(client.client_ip, ex.path, ex.query, sticky, ex.tried)
+        if not ex.tried:
+            client.last_pick_context = pctx
+    pick = ctx.balancer.pick(rule.name, action, pctx)
+    if pick is None:
+        if ex.tried:
+            ex.fail(502, f"no server of rule {rule.name} accepted the connection")
+        else:
+            ex.fail(503, f"no healthy server in the server groups of rule {rule.name}")
+        return
+    ex.pick = pick
+    ex.attempts += 1
+    ctx.balancer.acquire(pick.key)
+    conn = ctx.pool.take(pick.key)
+    if conn is not None:
+        ex.attach(conn, reused=True)
+    else:
+        ex.connect_task = asyncio.get_running_loop().create_task(_connect(ex, pick))
+
+
+def forward_again(ex: Exchange, action: ForwardAction, pctx: PickContext) -> None:
+    """``forward`` for a fast-lane request remembered by its client connection (see
+    ``request.RequestMemo``): the rule's action and the pick context are known, and the
+    head for the server is ready; the usual case, a pooled connection, is written here."""
+    client = ex.client
+    ctx = client.ctx
+    rule = ex.rule
+    assert rule is not None
+    balancer = ctx.balancer
+    pick = balancer.pick(rule.name, action, pctx)
+    if pick is None:
+        ex.fail(503, f"no healthy server in the server groups of rule {rule.name}")
+        return
+    ex.pick = pick
+    ex.attempts = 1
+    key = pick.key
+    balancer.acquire(key)
+    conn = ctx.pool.take(key)
+    if conn is None:
+        ex.connect_task = asyncio.get_running_loop().create_task(_connect(ex, pick))
+        return
+    transport = conn.transport
+    wire = ex.wire_head
+    if (
+        transport is None
+        or wire is None
+        or pick.set_cookie is not None
+        or ctx.access_log is not None
+        or ctx.draining
+        or client.flow.write_paused
+    ):
+        ex.attach(conn, reused=True)
+        return
+    # attach(), for a request that is bodyless, HTTP/1.1, keep-alive, without upgrade
+    ex.upstream = conn
+    ex.reused = True
+    ex.sent_at = now = ex.started  # received and sent in the same callback
+    conn.begin(ex, ex.head_only, now)
+    ex.plain = not ex.head_only
+    transport.write(wire)
+
+
+async def _connect(ex: Exchange, pick: Pick) -> None:
+    server = pick.server
+    try:
+        conn = await ex.client.ctx.pool.connect(pick.key, server.address, server.port)
+    except TimeoutError:
+        ex.connect_task = None  # before a retry starts the next one
+        _connect_failed(ex, pick, 504, f"timed out connecting to {pick.key}")
+        return
+    except OSError as exc:
+        ex.connect_task = None
+        reason = exc.strerror or type(exc).__name__
+        _connect_failed(ex, pick, 502, f"cannot connect to {pick.key}: {reason}")
+        return
+    ex.connect_task = None
+    if ex.finished:
+        conn.close()
+        return
+    ex.attach(conn, reused=False)
+
+
+def _connect_failed(ex: Exchange, pick: Pick, code: int, reason: str) -> None:
+    if ex.finished:
+        return
+    balancer = ex.client.ctx.balancer
+    balancer.release(pick.key)
+    balancer.report_failure(pick.key)
+    ex.pick = None
+    ex.tried = ex.tried | {pick.key}
+    if ex.attempts <= ex.client.ctx.settings.max_retries:
+        forward(ex)
+    else:
+        ex.fail(code, reason)

@@ -16,7 +16,7 @@ The hot path: a read that is exactly one bodyless request goes to the fast lane
 routed to a rule that only forwards, its bytes are remembered (:class:`~.request.RequestMemo`):
 the same bytes again on this connection, while the same routing table is live, are neither
 parsed nor routed again (llhttp and the header scan would find them exactly as valid, routing
-is pure) and go to :meth:`~.exchange.Exchange.forward_again`. Keep-alive clients that repeat
+is pure) and go to :func:`~.dispatch.forward_again`. Keep-alive clients that repeat
 their request (load balancer health probes, polling, benchmarks) take this path.
 """
 
@@ -31,6 +31,7 @@ import httptools
 
 from albingress.dataplane.balancer import PickContext
 from albingress.dataplane.context import WorkerContext
+from albingress.dataplane.dispatch import forward_again
 from albingress.dataplane.exchange import Exchange
 from albingress.dataplane.flow import PEER_FULL, QUEUED, TUNNEL_PEER_FULL, FlowControl
 from albingress.dataplane.request import (
@@ -129,7 +130,7 @@ class ClientConnection(asyncio.Protocol):
             ex = memo.exchange(self)
             self.current = ex
             self.idle_since = None
-            ex.forward_again(memo.action, memo.pick_context)
+            forward_again(ex, memo.action, memo.pick_context)
             return
         if (
             data[-4:] == b"\r\n\r\n"

@@ -2,9 +2,9 @@
 
 An :class:`Exchange` is made by the client connection once a request's head is parsed. When the
 requests before it are answered, :meth:`Exchange.start` routes it and carries out the rule's
-actions (:mod:`.dispatch`); a ForwardGroup comes back to :meth:`Exchange.forward`, which picks a
-server through the balancer and relays the request to it over a pooled connection. Response
-heads are built by :mod:`.response`.
+actions (:mod:`.dispatch`); a ForwardGroup picks a server through the balancer
+(``dispatch.forward``) and :meth:`Exchange.attach` sends the request over a pooled or new
+connection. Response heads are built by :mod:`.response`.
 
 Failure handling: a connection that cannot be opened is reported (``report_failure``) and the
 request goes to another server (``PickContext.exclude``), up to ``settings.max_retries`` more
@@ -23,26 +23,17 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from albingress.dataplane import dispatch
-from albingress.dataplane.balancer import STICKY_COOKIE, Pick, PickContext
+from albingress.dataplane.balancer import Pick
 from albingress.dataplane.flow import BUFFERING, PEER_FULL
 from albingress.dataplane.response import final_head, informational_head
 from albingress.dataplane.upstream import UpstreamConnection
-from albingress.dataplane.wire import CRLF, LAST_CHUNK, chunk, error_body, simple_response
-from albingress.ir import ForwardAction, Rule, Server
+from albingress.dataplane.wire import LAST_CHUNK, chunk, error_body, request_head, simple_response
+from albingress.ir import Rule, Server
 
 if TYPE_CHECKING:
     from albingress.dataplane.downstream import ClientConnection
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_STICKY_PREFIX = STICKY_COOKIE.encode() + b"="
-
-
-def _sticky_value(cookie: bytes) -> str | None:
-    for part in cookie.split(b";"):
-        part = part.strip()
-        if part.startswith(_STICKY_PREFIX):
-            return part[len(_STICKY_PREFIX) :].decode("latin-1")
-    return None
 
 
 class Exchange:
@@ -121,112 +112,8 @@ class Exchange:
     # ----------------------------------------------------------------- forwarding
 
     def forward(self) -> None:
-        ctx = self.client.ctx
-        rule = self.rule
-        assert rule is not None
-        action = rule.actions[-1]
-        assert isinstance(action, ForwardAction)
-        client = self.client
-        sticky = _sticky_value(self.cookie) if self.cookie else None
-        pctx = client.last_pick_context
-        if (
-            self.tried
-            or pctx is None
-            or pctx.path != self.path
-            or pctx.query != self.query
-            or pctx.sticky_cookie != sticky
-        ):  # a PickContext is costly to build: a keep-alive client reuses its last one
-            pctx = PickContext(client.client_ip, self.path, self.query, sticky, self.tried)
-            if not self.tried:
-                client.last_pick_context = pctx
-        pick = ctx.balancer.pick(rule.name, action, pctx)
-        if pick is None:
-            if self.tried:
-                self.fail(502, f"no server of rule {rule.name} accepted the connection")
-            else:
-                self.fail(503, f"no healthy server in the server groups of rule {rule.name}")
-            return
-        self.pick = pick
-        self.attempts += 1
-        ctx.balancer.acquire(pick.key)
-        conn = ctx.pool.take(pick.key)
-        if conn is not None:
-            self.attach(conn, reused=True)
-        else:
-            self.connect_task = asyncio.get_running_loop().create_task(self._connect(pick))
-
-    def forward_again(self, action: ForwardAction, pctx: PickContext) -> None:
-        """``forward`` for a fast-lane request remembered by its client connection (see
-        ``request.RequestMemo``): the rule's action and the pick context are known, and the
-        head for the server is ready; the usual case, a pooled connection, is written here."""
-        client = self.client
-        ctx = client.ctx
-        rule = self.rule
-        assert rule is not None
-        balancer = ctx.balancer
-        pick = balancer.pick(rule.name, action, pctx)
-        if pick is None:
-            self.fail(503, f"no healthy server in the server groups of rule {rule.name}")
-            return
-        self.pick = pick
-        self.attempts = 1
-        key = pick.key
-        balancer.acquire(key)
-        conn = ctx.pool.take(key)
-        if conn is None:
-            self.connect_task = asyncio.get_running_loop().create_task(self._connect(pick))
-            return
-        transport = conn.transport
-        wire = self.wire_head
-        if (
-            transport is None
-            or wire is None
-            or pick.set_cookie is not None
-            or ctx.access_log is not None
-            or ctx.draining
-            or client.flow.write_paused
-        ):
-            self.attach(conn, reused=True)
-            return
-        # attach(), for a request that is bodyless, HTTP/1.1, keep-alive, without upgrade
-        self.upstream = conn
-        self.reused = True
-        self.sent_at = now = self.started  # received and sent in the same callback
-        conn.begin(self, self.head_only, now)
-        self.plain = not self.head_only
-        transport.write(wire)
-
-    async def _connect(self, pick: Pick) -> None:
-        server = pick.server
-        try:
-            conn = await self.client.ctx.pool.connect(pick.key, server.address, server.port)
-        except TimeoutError:
-            self.connect_task = None  # before a retry starts the next one
-            self._connect_failed(pick, 504, f"timed out connecting to {pick.key}")
-            return
-        except OSError as exc:
-            self.connect_task = None
-            reason = exc.strerror or type(exc).__name__
-            self._connect_failed(pick, 502, f"cannot connect to {pick.key}: {reason}")
-            return
-        self.connect_task = None
-        if self.finished:
-            conn.close()
-            return
-        self.attach(conn, reused=False)
-
-    def _connect_failed(self, pick: Pick, code: int, reason: str) -> None:
-        if self.finished:
-            return
-        balancer = self.client.ctx.balancer
-        balancer.release(pick.key)
-        balancer.report_failure(pick.key)
-        self.pick = None
-        self.tried = self.tried | {pick.key}
-        if self.attempts <= self.client.ctx.settings.max_retries:
-            self.forward()
-        else:
-            self.fail(code, reason)
+        """Pick a server for this request and send it there (see ``dispatch.forward``)."""
+        dispatch.forward(self)
 
     def attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
         """Send the request head (and any body read so far) on ``conn``."""
@@ -279,42 +166,8 @@ class Exchange:
             client.flow_resume(BUFFERING)
 
     def head_parts(self, server: Server | None) -> list[bytes]:
-        """The request head for a server (``server`` gives Host to HTTP/1.0 requests without)."""
-        client = self.client
-        raw = self.raw_head
-        if raw is not None:
-            return [
-                raw,
-                b"X-Forwarded-Host: ",
-                self.host,
-                CRLF,
-                self.rid_line,
-                client.xff_line,
-                client.forwarded_end,
-            ]
-        parts = [self.method.encode(), b" ", self.target, b" HTTP/1.1\r\n"]
-        for name, value in self.headers:
-            parts += (name, b": ", value, CRLF)
-        if self.xff:
-            parts += (b"X-Forwarded-For: ", self.xff, b", ", client.ip_bytes, CRLF)
-        else:
-            parts.append(client.xff_line)
-        if self.rid_line:
-            parts.append(self.rid_line)
-        if self.host:
-            parts += (b"X-Forwarded-Host: ", self.host, CRLF)
-        elif server is not None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
-            parts += (b"Host: ", f"{server.address}:{server.port}".encode(), CRLF)
-        if self.chunked or self.upgrade:
-            parts.append(client.forwarded_const)
-            if self.chunked:
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            if self.upgrade:
-                parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, CRLF)
-            parts.append(CRLF)
-        else:
-            parts.append(client.forwarded_end)
-        return parts
+        """The request head for a server (see ``wire.request_head``)."""
+        return request_head(self, server)
 
     def body(self, data: bytes) -> None:
         """A piece of the request body (decoded when chunked)."""

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from albingress.dataplane.exchange import Exchange
+    from albingress.ir import Server
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -116,3 +121,44 @@ def plain_head(data: bytes, max_headers: int) -> bytes | None:
     if match is None or low.find(b"\r\nconnection:", conn + 13) >= 0:
         return None
     return data[:conn] + data[match.end() :]
+
+
+def request_head(ex: Exchange, server: Server | None) -> list[bytes]:
+    """The request head of ``ex`` for a server, in pieces: as received plus X-Forwarded-* for
+    the fast lane, else rebuilt from the forwarded headers (``server`` gives Host to HTTP/1.0
+    requests without one)."""
+    client = ex.client
+    raw = ex.raw_head
+    if raw is not None:
+        return [
+            raw,
+            b"X-Forwarded-Host: ",
+            ex.host,
+            CRLF,
+            ex.rid_line,
+            client.xff_line,
+            client.forwarded_end,
+        ]
+    parts = [ex.method.encode(), b" ", ex.target, b" HTTP/1.1\r\n"]
+    for name, value in ex.headers:
+        parts += (name, b": ", value, CRLF)
+    if ex.xff:
+        parts += (b"X-Forwarded-For: ", ex.xff, b", ", client.ip_bytes, CRLF)
+    else:
+        parts.append(client.xff_line)
+    if ex.rid_line:
+        parts.append(ex.rid_line)
+    if ex.host:
+        parts += (b"X-Forwarded-Host: ", ex.host, CRLF)
+    elif server is not None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
+        parts += (b"Host: ", f"{server.address}:{server.port}".encode(), CRLF)
+    if ex.chunked or ex.upgrade:
+        parts.append(client.forwarded_const)
+        if ex.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if ex.upgrade:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", ex.upgrade, CRLF)
+        parts.append(CRLF)
+    else:
+        parts.append(client.forwarded_end)
+    return parts
