@@ -15,7 +15,7 @@ from albingress import ir
 from albingress.api import page
 from albingress.api.metrics import ConfigState, MetricsView
 from albingress.api.server import AdminRequest, AdminResponse
-from albingress.dataplane import accesslog
+from albingress.dataplane import accesslog, logwriter
 from albingress.dataplane.accesslog import AccessLog, parse_destination
 from albingress.dataplane.metrics import BUCKETS, WorkerMetrics, merge
 from tests.operability.helpers import parse_prometheus, select, total
@@ -205,8 +205,8 @@ def test_format_lines_time_and_ids() -> None:
         0.25, "127.0.0.1", 80, "GET", b"h", "/", "", 200, 200, "r", "ns/i", "g", "127.0.31.1:80",
         0.001, 0.0005, 10, 20, 2, b"X-Request-Id: abc\r\n",
     ]  # fmt: skip
-    assert len(values) == accesslog.FIELDS
-    data, count = accesslog.format_lines(1764138000.0, "pp", values + values[:-1] + [7])
+    assert len(values) == logwriter.FIELDS
+    data, count = logwriter.format_lines(1764138000.0, "pp", values + values[:-1] + [7])
     first, second = (json.loads(x) for x in data.decode().splitlines())
     assert count == 2
     assert first["time"] == "2025-11-26T06:20:00.250Z"
@@ -226,7 +226,7 @@ def test_request_id_header_forwarded_only_when_generated() -> None:
 def test_pipe_writes_are_whole_lines_within_pipe_buf(monkeypatch: pytest.MonkeyPatch) -> None:
     read_fd, write_fd = os.pipe()
     try:
-        sink = accesslog.Sink(fd=write_fd)
+        sink = logwriter.Sink(fd=write_fd)
         chunks: list[bytes] = []
         real_write = os.write
 
@@ -237,11 +237,11 @@ def test_pipe_writes_are_whole_lines_within_pipe_buf(monkeypatch: pytest.MonkeyP
         lines = [json.dumps({"n": i, "pad": "x" * (i % 300)}) + "\n" for i in range(200)]
         data = "".join(lines).encode()
         assert len(data) < 65536  # fits the pipe: no reader needed
-        monkeypatch.setattr(accesslog.os, "write", spy)
+        monkeypatch.setattr(logwriter.os, "write", spy)
         sink.write((data, len(lines)))
         monkeypatch.undo()
         assert len(chunks) > 1
-        assert all(len(c) <= accesslog.PIPE_BUF and c.endswith(b"\n") for c in chunks)
+        assert all(len(c) <= logwriter.PIPE_BUF and c.endswith(b"\n") for c in chunks)
         assert os.read(read_fd, 1 << 20) == data
         assert sink.lines == 200
     finally:
@@ -252,7 +252,7 @@ def test_pipe_writes_are_whole_lines_within_pipe_buf(monkeypatch: pytest.MonkeyP
 def test_write_failure_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     read_fd, write_fd = os.pipe()
     os.close(read_fd)  # nobody will ever read: EPIPE
-    sink = accesslog.Sink(fd=write_fd)
+    sink = logwriter.Sink(fd=write_fd)
     sink.write((b"{}\n", 1))
     assert sink.failures == 1 and sink.dropped == 1 and "cannot write" in sink.error
     assert "serving goes on" in caplog.text
@@ -307,3 +307,30 @@ def test_root_serves_page_or_openapi(method: str, query: str, who: str) -> None:
 
     resp = asyncio.run(page.page_or(api)(_request(method, query)))
     assert (b"<html" in resp.body) == (who == "page")
+
+
+def test_log_process_formats_frames_and_reports_counts(tmp_path: Any) -> None:
+    import marshal
+    import subprocess
+    import sys
+
+    target = tmp_path / "out.log"
+    values = [
+        1.0, "127.0.0.1", 80, "GET", b"h", "/x", "", 200, 200, "r", "ns/i", "g", "s:1",
+        0.001, 0.0005, 10, 20, 1, 5,
+    ]  # fmt: skip
+    frame = marshal.dumps((1764138000.0, values * 3))
+    proc = subprocess.run(
+        [sys.executable, "-m", "albingress.dataplane.logwriter", "--path", str(target),
+         "--prefix", "ab"],
+        input=logwriter.FRAME.pack(len(frame)) + frame + b"\x00\x00",  # a cut frame: ignored
+        capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    lines = [json.loads(x) for x in target.read_text().splitlines()]
+    assert [x["request_id"] for x in lines] == ["ab5"] * 3
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "lines": 3,
+        "dropped": 0,
+        "failures": 0,
+        "error": "",
+    }

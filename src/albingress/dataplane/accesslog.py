@@ -9,19 +9,19 @@ standard output (an inherited descriptor, ``--access-log-fd``); a file is opened
 The work is split so that serving pays as little as possible (measured in
 ``bench/observability_bench.py``):
 
-1. in the worker's hot path, :meth:`AccessLog.record` appends one tuple of plain values;
+1. in the worker's hot path, :meth:`AccessLog.record` appends the request's plain values to one
+   flat list (no object per request for the garbage collector);
 2. every 100 ms (or at 4,096 records) the batch is ``marshal``-ed and handed to a writer thread,
    which sends it as a length-prefixed frame to the worker's log process;
-3. the log process (``python -m albingress.dataplane.accesslog``, one per worker, started by the
-   worker) formats the JSON lines and writes them (:class:`Sink`), cut at line boundaries into
-   pieces of at most ``PIPE_BUF`` bytes so lines of several workers sharing a pipe never
-   interleave. It runs on another core: Python threads would hold the worker's GIL.
+3. the log process (:mod:`.logwriter`, one per worker, started by the worker) formats the JSON
+   lines and writes them. It runs on another core: a thread would hold the worker's GIL.
 
 Failures are reported and serving goes on: a destination that cannot be opened or written is
-logged once (stderr) until it works again, tried again every 5 s, and its lines are dropped and
-counted; so are lines dropped because more than 8 MiB wait (a stuck pipe), or because the log
-process is gone (it is restarted). The log process sends its counts back every second; they
-reach ``/metrics`` with the worker's snapshots (:meth:`AccessLog.stats`).
+logged once (stderr) until it works again and its lines are dropped and counted
+(:mod:`.logwriter`); so are batches dropped because more than 8 MiB wait (a stuck log process),
+or because the log process is gone (it is started again after 5 s). The log process sends its
+counts back every second; they reach ``/metrics`` with the worker's snapshots
+(:meth:`AccessLog.stats`).
 
 Fields: ``time`` (UTC, ms), ``client``, ``listener``, ``method``, ``host``, ``path``, ``query``,
 ``status`` (sent), ``upstream_status`` (from the server; null when none answered), ``rule``,
@@ -34,23 +34,19 @@ server as X-Request-Id).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import marshal
 import os
 import queue
-import signal
-import stat
-import struct
 import subprocess
 import sys
 import threading
 import time
-from json.encoder import encode_basestring_ascii as _q
 from typing import TYPE_CHECKING, Any
 
+from albingress.dataplane.logwriter import FIELDS, FRAME, Formatter, Sink
 from albingress.ir import GroupSource
 
 if TYPE_CHECKING:
@@ -65,9 +61,6 @@ FLUSH_INTERVAL = 0.1  # seconds
 FLUSH_RECORDS = 4096
 MAX_PENDING = 8 << 20  # bytes handed to the writer thread and not yet sent
 REOPEN_DELAY = 5.0  # seconds between attempts to open a destination (or restart the process)
-PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
-_FRAME = struct.Struct("!I")
-FIELDS = 19  # values per record in a batch (see AccessLog.record)
 _FLUSH_ITEMS = FLUSH_RECORDS * FIELDS
 
 
@@ -110,6 +103,7 @@ class AccessLog:
         self._next_spawn = 0.0
         self._stats_buf = b""
         self.sink: Sink | None = None  # when not started: format and write here (tests)
+        self._formatter = Formatter(self.prefix)
 
     # ----------------------------------------------------------------- the hot path
 
@@ -216,7 +210,7 @@ class AccessLog:
         if self._thread is None:  # not started: format and write here
             if self.sink is None:
                 self.sink = Sink(path=self.path, fd=self.fd)
-            self.sink.write(format_lines(time.time() - time.monotonic(), self.prefix, buf))
+            self.sink.write(self._formatter.lines(time.time() - time.monotonic(), buf))
             return
         frame = marshal.dumps((time.time() - time.monotonic(), buf))
         if self.pending + len(frame) > MAX_PENDING:
@@ -262,7 +256,7 @@ class AccessLog:
     # ----------------------------------------------------------------- the log process
 
     def _spawn(self) -> None:
-        args = [sys.executable, "-m", "albingress.dataplane.accesslog", "--prefix", self.prefix]
+        args = [sys.executable, "-m", "albingress.dataplane.logwriter", "--prefix", self.prefix]
         fds: list[int] = []
         if self.fd is not None:
             args += ["--fd", str(self.fd)]
@@ -328,7 +322,7 @@ class AccessLog:
                 return
         assert proc.stdin is not None
         try:
-            proc.stdin.write(_FRAME.pack(len(frame)) + frame)
+            proc.stdin.write(FRAME.pack(len(frame)) + frame)
             proc.stdin.flush()
         except (OSError, ValueError) as exc:
             self._next_spawn = time.monotonic() + REOPEN_DELAY
@@ -367,184 +361,3 @@ def _client_request_id(ex: Exchange) -> str:
         if len(name) == 12 and name.lower() == b"x-request-id":
             return value.strip().decode("latin-1")[:200]
     return ""
-
-
-# --------------------------------------------------------------------------- the log process
-
-
-def format_lines(offset: float, prefix: str, values: list[Any]) -> tuple[bytes, int]:
-    """JSON lines for the records in ``values`` (``FIELDS`` each; ``offset``: wall clock minus
-    the records' monotonic clock)."""
-    out = []
-    last_sec = -1
-    sec_text = ""
-    for at in range(0, len(values) - FIELDS + 1, FIELDS):
-        r = values[at : at + FIELDS]
-        wall = r[0] + offset
-        sec = int(wall)
-        if sec != last_sec:
-            last_sec = sec
-            sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        host = r[4].decode("latin-1") if isinstance(r[4], bytes) else str(r[4])
-        rid = r[18]
-        if isinstance(rid, bytes):  # the generated header line
-            rid = rid[14:].strip().decode("latin-1")
-        elif isinstance(rid, int):
-            rid = f"{prefix}{rid:x}"
-        upstream = r[14]
-        out.append(
-            f'{{"time":"{sec_text}.{int((wall - sec) * 1000):03d}Z","client":{_q(r[1])},'
-            f'"listener":{r[2]},"method":{_q(r[3])},"host":{_q(host)},"path":{_q(r[5])},'
-            f'"query":{_q(r[6])},"status":{r[7]},"upstream_status":{r[8] or "null"},'
-            f'"rule":{_q(r[9])},"ingress":{_q(r[10])},"server_group":{_q(r[11])},'
-            f'"server":{_q(r[12])},"duration":{r[13]:.6f},'
-            f'"upstream_duration":{f"{upstream:.6f}" if upstream >= 0 else "null"},'
-            f'"bytes_in":{r[15]},"bytes_out":{r[16]},"retries":{max(0, r[17] - 1)},'
-            f'"request_id":{_q(rid)}}}\n'
-        )
-    return "".join(out).encode("utf-8", "replace"), len(out)
-
-
-class Sink:
-    """Writes lines to ``fd`` or ``path``, reporting failures and reopening after them."""
-
-    def __init__(self, *, path: str | None = None, fd: int | None = None) -> None:
-        self.path = path
-        self.fd = fd
-        self.own_fd = False
-        self.lines = 0
-        self.dropped = 0
-        self.failures = 0
-        self.error = ""
-        self._is_pipe = _is_pipe(fd) if fd is not None else False
-        self._next_open = 0.0
-
-    def write(self, batch: tuple[bytes, int]) -> None:
-        data, count = batch
-        try:
-            fd = self._open()
-            if fd is None:
-                self.dropped += count
-                return
-            if self._is_pipe and len(data) > PIPE_BUF:
-                _write_pieces(fd, data)
-            else:
-                _write_all(fd, data)
-        except OSError as exc:
-            self._failed(f"cannot write the access log: {exc.strerror or exc}", count)
-        else:
-            self.lines += count
-            if self.error:
-                log.warning("access log: writing again (%d lines dropped so far)", self.dropped)
-                self.error = ""
-
-    def _open(self) -> int | None:
-        if self.fd is not None:
-            return self.fd
-        now = time.monotonic()
-        if now < self._next_open or self.path is None:
-            return None
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        try:
-            self.fd = os.open(self.path, flags, 0o644)
-        except OSError as exc:
-            self._next_open = now + REOPEN_DELAY
-            self._failed(f"cannot open the access log {self.path}: {exc.strerror or exc}", 0)
-            return None
-        self.own_fd = True
-        self._is_pipe = _is_pipe(self.fd)
-        return self.fd
-
-    def _failed(self, message: str, count: int) -> None:
-        self.failures += 1
-        self.dropped += count
-        if not self.error:
-            log.error("%s; lines are dropped until it works again, serving goes on", message)
-        self.error = message
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "lines": self.lines,
-            "dropped": self.dropped,
-            "failures": self.failures,
-            "error": self.error,
-        }
-
-    def close(self) -> None:
-        if self.own_fd and self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _is_pipe(fd: int) -> bool:
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _write_pieces(fd: int, data: bytes) -> None:
-    """Whole lines, at most PIPE_BUF bytes per write (a longer line goes alone)."""
-    start = 0
-    end = len(data)
-    while start < end:
-        stop = start + PIPE_BUF
-        if stop >= end:
-            stop = end
-        else:
-            cut = data.rfind(b"\n", start, stop)
-            stop = cut + 1 if cut >= start else data.find(b"\n", stop) + 1 or end
-        _write_all(fd, data[start:stop])
-        start = stop
-
-
-def _read_exact(stream: Any, size: int) -> bytes | None:
-    data: bytes = stream.read(size)
-    return data if len(data) == size else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The log process: frames on stdin, lines to the destination, counts on stdout."""
-    parser = argparse.ArgumentParser(prog="albingress.dataplane.accesslog")
-    parser.add_argument("--fd", type=int)
-    parser.add_argument("--path")
-    parser.add_argument("--prefix", default="")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="access log %(process)d: %(message)s")
-    with contextlib.suppress(ValueError, OSError):  # the worker decides when this ends (EOF)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sink = Sink(path=args.path, fd=args.fd)
-    stdin = sys.stdin.buffer
-    stdout = sys.stdout.buffer
-    reported = 0.0
-    while True:
-        head = _read_exact(stdin, _FRAME.size)
-        frame = _read_exact(stdin, _FRAME.unpack(head)[0]) if head is not None else None
-        if frame is not None:
-            try:
-                offset, records = marshal.loads(frame)
-                sink.write(format_lines(offset, args.prefix, records))
-            except (ValueError, EOFError, TypeError, IndexError):
-                log.exception("bad access log frame")
-        now = time.monotonic()
-        if frame is None or now - reported >= 1.0:
-            reported = now
-            with contextlib.suppress(OSError, ValueError):
-                stdout.write(json.dumps(sink.stats()).encode() + b"\n")
-                stdout.flush()
-        if frame is None:  # the worker is gone or done
-            sink.close()
-            return 0
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
