@@ -186,7 +186,7 @@ def main() -> int:
         }
 
         # Endpoint changes: the fast path.
-        endpoint_ms, controller_ms = [], []
+        endpoint_ms, controller_ms, fast_ms, publish_ms = [], [], [], []
         for i in range(args.rounds):
             addr, bport, want = (
                 (b_addr, b_port, "probe-b") if i % 2 == 0 else (a_addr, a_port, "probe-a")
@@ -195,12 +195,17 @@ def main() -> int:
             api.apply(endpoint_slice("probe", [addr], bport, ns="bench"))
             live = wait_for(lambda w=want: server_of(port, "probe.example.com") == w, 30, want)
             endpoint_ms.append((live - t) * 1000)
-            controller_ms.append(controller_info(admin)["lastLatencyMs"])
+            info = controller_info(admin)
+            controller_ms.append(info["lastLatencyMs"])
+            fast_ms.append(info["lastReloadMs"] - info["lastPublishMs"])
+            publish_ms.append(info["lastPublishMs"])
         info = controller_info(admin)
         figures["endpoint_change_ms"] = {
             "median": round(statistics.median(endpoint_ms), 1),
             "max": round(max(endpoint_ms), 1),
             "controller_event_to_publish_median": round(statistics.median(controller_ms), 1),
+            "fast_path_median": round(statistics.median(fast_ms), 1),
+            "publish_to_workers_median": round(statistics.median(publish_ms), 1),
         }
         figures["fast_reloads"] = info["fastReloads"]
 
@@ -271,6 +276,9 @@ def main() -> int:
         print(f"  endpoint change -> live in traffic    median {e['median']} ms, max {e['max']} ms")
         print(
             f"    controller event -> published       median {e['controller_event_to_publish_median']} ms (fast path, {figures['fast_reloads']} fast reloads)"
+        )
+        print(
+            f"    of which: fast path {e['fast_path_median']} ms, IR sent to workers {e['publish_to_workers_median']} ms"
         )
         g = figures["ingress_change_ms"]
         print(

@@ -105,6 +105,7 @@ class ControllerRuntime(Runtime):
         self.fast_reloads = 0
         self.last_reload_ms = 0.0  # time spent building the last config
         self.last_latency_ms = 0.0  # first event of the burst -> config published
+        self.last_publish_ms = 0.0  # handing the last fast-path config to the workers
 
     def snapshot(self) -> Snapshot:
         # ServerGroups (created through the API or with kubectl) are watched by the source.
@@ -162,8 +163,10 @@ class ControllerRuntime(Runtime):
         self.result = result
         self.reloaded_at = time.time()
         self.version += 1
+        started = time.perf_counter()
         if self.supervisor is not None:
             self.supervisor.publish_config(result.ir, self.version)
+        self.last_publish_ms = (time.perf_counter() - started) * 1000
         if self.health is not None:
             self.health.update(result.ir)
         for callback in self.on_reload:
@@ -367,6 +370,7 @@ async def run(options: ControllerOptions, config: ClusterConfig | None = None) -
                 "fastReloads": runtime.fast_reloads,
                 "lastReloadMs": round(runtime.last_reload_ms, 3),
                 "lastLatencyMs": round(runtime.last_latency_ms, 3),
+                "lastPublishMs": round(runtime.last_publish_ms, 3),
                 "statusWrites": writer.writes,
                 "reflectors": source.stats(),
             }
