@@ -110,13 +110,11 @@ class ClientConnection(asyncio.Protocol):
         self._set_idle(True)
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.tunnel_to_server(data)
-            return
-        if self.upgrading is not None:
-            self.upgrading.tunnel_to_server(data)
-            return
-        if self.stopped:
+        if self.stopped:  # also set before a tunnel (or an upgrade waiting for its answer)
+            if self.tunnel is not None:
+                self.tunnel.tunnel_to_server(data)
+            elif self.upgrading is not None:
+                self.upgrading.tunnel_to_server(data)
             return
         memo = self.memo
         if (

@@ -255,7 +255,9 @@ def remember(data: bytes, ex: Exchange, table: RoutingTable) -> RequestMemo | No
     action = rule.actions[-1]
     if not isinstance(action, ForwardAction):
         return None
-    pctx = PickContext(ex.client.client_ip, ex.path, ex.query, None)
+    pctx = ex.client.last_pick_context  # the one forward() just used, usually
+    if pctx is None or pctx.path != ex.path or pctx.query != ex.query or pctx.sticky_cookie:
+        pctx = PickContext(ex.client.client_ip, ex.path, ex.query, None)
     return RequestMemo(
         data,
         ex.method,
