@@ -235,18 +235,17 @@ class StatusWriter:
         for d in result.diagnostics:
             if d.is_error:
                 errors.setdefault((d.obj.kind, d.obj.namespace, d.obj.name), []).append(d)
-        ingresses = {o.key[1:]: o for o in self.runtime.kube.objects("Ingress")}
+        ingresses = {f"{o.namespace}/{o.name}": o for o in self.runtime.kube.objects("Ingress")}
         lb = await self.addresses()
-        failed = set(result.failed)
-        for key in result.served:
-            ns, name = key.split("/", 1)
-            obj = ingresses.get((ns, name))
-            if obj is None:
+        failed, served = set(result.failed), set(result.served)
+        for key, obj in ingresses.items():
+            current = ((obj.body.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+            want = lb if key in served else (None if current == lb else current)
+            if lb and current != want:  # ours: our address; no longer ours: not our address
+                patch = {"status": {"loadBalancer": {"ingress": want}}}
+                await self._patch_status(INGRESS.path(obj.namespace, obj.name, "status"), patch)
+            if key not in served:
                 continue
-            current = (obj.body.get("status") or {}).get("loadBalancer") or {}
-            if lb and current.get("ingress") != lb:
-                patch = {"status": {"loadBalancer": {"ingress": lb}}}
-                await self._patch_status(INGRESS.path(ns, name, "status"), patch)
             if key in failed:
                 await self._event(obj, "FailedBuildModel", errors.get(obj.key, []), True)
             else:

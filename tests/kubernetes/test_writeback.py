@@ -87,6 +87,12 @@ def test_status_and_events_are_written(
     bad = (api.get("ServerGroup", "default", "sgp-bad1") or {}).get("status") or {}
     assert bad["conditions"][0]["status"] == "False"
     assert "port" in bad["conditions"][0]["message"].lower()
+    # An Ingress handed to another class loses our address.
+    api.apply(ingress_class("nginx", "k8s.io/ingress-nginx"))
+    api.apply(ingress("moved", "moved.example.com", "tea"))
+    wait_until(lambda: lb("moved") == {"ingress": [{"ip": "127.0.0.1"}]}, 10, "moved's status")
+    api.apply(ingress("moved", "moved.example.com", "tea", cls="nginx"))
+    wait_until(lambda: lb("moved") == {}, 10, "moved's status cleared")
     # Once said, not said again: no Event storm on later reloads.
     count = len(api.list("Event"))
     api.apply(ingress("tea2", "tea2.example.com", "tea"))
