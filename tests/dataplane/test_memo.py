@@ -197,3 +197,34 @@ async def test_a_repeated_request_while_draining_closes_after_its_answer():
     h.ctx.draining = True
     _, got = await _round(h, client, ct, GET, response(b"last"))
     assert got.endswith(b"last") and b"Connection: close\r\n" in got and ct.closing
+
+
+@aio
+async def test_a_repeated_request_carries_a_new_request_id_when_logging(tmp_path):
+    from albingress.dataplane.accesslog import AccessLog
+    from albingress.dataplane.metrics import WorkerMetrics
+
+    h = Harness(make_ir(SERVERS[:1]))
+    log = AccessLog(path=str(tmp_path / "a.log"), prefix="p" * 16)  # not started
+    h.ctx.access_log = log
+    h.ctx.metrics = WorkerMetrics(metrics=True, access_log=log)
+    client, ct = h.client()
+    xfh = b"X-Forwarded-Host: demo.example\r\n"
+    for n in (1, 2, 3):
+        sent, got = await _round(h, client, ct, GET, response(b"r%d" % n))
+        assert (
+            sent
+            == GET[:-2]
+            + xfh
+            + b"X-Request-Id: "
+            + b"p" * 16
+            + b"%x\r\n" % n
+            + (FORWARDED[len(xfh) :])
+        )
+        assert got.endswith(b"r%d" % n)
+    given = GET[:-2] + b"X-Request-Id: mine\r\n\r\n"
+    for _ in range(2):  # the client's own id is kept, none added
+        sent, _ = await _round(h, client, ct, given, response(b"x"))
+        assert sent == given[:-2] + FORWARDED
+    assert client.memo is not None and client.memo.data == given
+    log.close()

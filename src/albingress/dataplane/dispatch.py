@@ -215,12 +215,12 @@ def forward_again(ex: Exchange, action: ForwardAction, pctx: PickContext) -> Non
         ex.connect_task = asyncio.get_running_loop().create_task(_connect(ex, pick))
         return
     transport = conn.transport
-    wire = ex.wire_head
+    wire, raw = ex.wire_head, ex.raw_head
     if (
         transport is None
         or wire is None
+        or raw is None
         or pick.set_cookie is not None
-        or ctx.access_log is not None
         or ctx.draining
         or client.flow.write_paused
     ):
@@ -231,6 +231,18 @@ def forward_again(ex: Exchange, action: ForwardAction, pctx: PickContext) -> Non
     ex.reused = True
     ex.sent_at = now = ex.started  # received and sent in the same callback
     conn.begin(ex, ex.head_only, now)
+    access_log = ctx.access_log
+    if access_log is not None:
+        if not ex.request_id:
+            ex.rid_line = access_log.request_id(ex)
+        if ex.rid_line:  # a new X-Request-Id, where attach() puts it
+            wire = b"%sX-Forwarded-Host: %s\r\n%s%s%s" % (
+                raw,
+                ex.host,
+                ex.rid_line,
+                client.xff_line,
+                client.forwarded_end,
+            )
     ex.plain = not ex.head_only
     transport.write(wire)
 
