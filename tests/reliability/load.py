@@ -15,9 +15,16 @@ from pathlib import Path
 
 class Load:
     def __init__(
-        self, port: int, host: str, path: str = "/", threads: int = 4, seconds: float = 30.0
+        self,
+        port: int,
+        host: str,
+        path: str = "/",
+        threads: int = 4,
+        seconds: float = 30.0,
+        body: bytes | None = None,
     ) -> None:
         self.port = port
+        self.body = body  # sent with POST when set, else GET
         self.host = host
         self.path = path
         self.statuses: Counter[int] = Counter()
@@ -65,7 +72,12 @@ class Load:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
             started = time.perf_counter()
             try:
-                conn.request("GET", self.path, headers={"Host": self.host})
+                conn.request(
+                    "POST" if self.body is not None else "GET",
+                    self.path,
+                    body=self.body,
+                    headers={"Host": self.host},
+                )
                 resp = conn.getresponse()
                 body = resp.read()
             except (OSError, http.client.HTTPException) as exc:

@@ -133,6 +133,19 @@ def test_a_server_killed_under_load_costs_no_request(rig_factory) -> None:  # ty
     assert load.servers["a2"] > 0 and load.servers["b1"] > 0
 
 
+def test_a_server_killed_under_post_load_fails_at_most_what_it_held(rig_factory) -> None:  # type: ignore[no-untyped-def]
+    """POSTs whose body went to the server that vanished cannot be retried (they may have been
+    acted on): at most the requests in flight on it fail, one per load thread."""
+    rig = rig_factory()
+    with Load(rig.serve.port, "f.example.com", threads=4, seconds=20, body=b"x" * 2048) as load:
+        load.wait_for(200)
+        rig.a1.stop()
+        load.wait_for(500)
+    assert load.total > 700
+    assert load.failed() <= 4, (load.statuses, load.errors[:5])
+    print(f"POST load, server killed: {load.failed()} of {load.total} failed")
+
+
 def test_a_hanging_server_times_out_then_leaves_rotation(rig_factory) -> None:  # type: ignore[no-untyped-def]
     """A server that accepts and never answers: 504 after --response-timeout, and once its health
     checks time out (2 x 1 s) it gets no more requests."""
