@@ -135,15 +135,12 @@ class KubernetesSource:
         self._services: set[tuple[str, str]] = set()
         self._relisted: set[str] = set()
         self._first_event = 0.0
-        self.listeners: list[Callable[[Resource, str, dict[str, Any] | None], None]] = []
 
     # ----------------------------------------------------------------- events
 
     def _on_event(
         self, res: Resource, kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None
     ) -> None:
-        for listener in self.listeners:
-            listener(res, kind, new if new is not None else old)
         if (
             kind == "MODIFIED"
             and old is not None
