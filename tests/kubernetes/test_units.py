@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from albingress.controller import parse_group_id
-from albingress.diagnostics import ConfigError, StateError
+from albingress.diagnostics import ConfigError
 from albingress.servergroups.crstore import CustomResourceStore
-from albingress.servergroups.store import ConflictError
+from albingress.servergroups.store import ConflictError, StoreUnavailable
 from albingress.sources.kube import ClusterConfig, KubeClient, SyncKubeClient, load_kubeconfig
 from albingress.sources.kube.lease import LeaderElector
 from tests.kubernetes.apimodel import BY_KIND
@@ -87,10 +87,13 @@ def test_server_group_store_round_trip_with_versions(api: ApiServer) -> None:
 def test_server_group_store_reports_an_unreachable_api(api: ApiServer) -> None:
     store = CustomResourceStore(SyncKubeClient(ClusterConfig(api.url), timeout=1), "x")
     api.pause()
-    with pytest.raises(StateError):
+    with pytest.raises(StoreUnavailable):
         store.list_groups()
     api.resume()
-    assert store.list_groups() == []
+    api.fail_next(1, "503")
+    with pytest.raises(StoreUnavailable):
+        store.create("sgp-a1", SPEC)
+    assert store.list_groups() == []  # nothing was written
 
 
 def test_kubeconfig_reads_context_cluster_and_user(tmp_path: Path) -> None:

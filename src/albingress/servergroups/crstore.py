@@ -7,8 +7,10 @@ revisions are integers), every replace is a PUT naming it and every delete a DEL
 ``resourceVersion`` precondition, so a stale write gets ``409 Conflict`` and changes nothing.
 
 Calls block (the :class:`ServerGroupStore` protocol is synchronous, as the API service is): they
-are rare writes with a short timeout. An API server that cannot be reached raises
-:class:`~albingress.diagnostics.StateError`, which the admin API answers with a 5xx.
+are rare writes with a short timeout. An API server that cannot be reached, or answers 5xx/429,
+raises :class:`~albingress.servergroups.store.StoreUnavailable` (the admin API answers 503 and
+nothing was changed); any other refusal (RBAC, say) raises
+:class:`~albingress.diagnostics.StateError`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from albingress.diagnostics import StateError
-from albingress.servergroups.store import API_VERSION, KIND, ConflictError, StoredGroup, Subscribers
+from albingress.servergroups.store import (
+    API_VERSION,
+    KIND,
+    ConflictError,
+    StoredGroup,
+    StoreUnavailable,
+    Subscribers,
+)
 from albingress.sources.kube.client import (
     SERVER_GROUP,
     ApiStatusError,
@@ -77,9 +86,11 @@ class CustomResourceStore:
                 return None
             if exc.status == 409:
                 raise ConflictError(exc.message) from exc
+            if exc.status == 429 or exc.status >= 500:
+                raise StoreUnavailable(f"the Kubernetes API refused: {exc}") from exc
             raise StateError(f"ServerGroup {name or '(list)'}: {exc}") from exc
         except KubeError as exc:
-            raise StateError(f"the Kubernetes API is unavailable: {exc}") from exc
+            raise StoreUnavailable(f"the Kubernetes API is unavailable: {exc}") from exc
 
     def get(self, group_id: str) -> StoredGroup | None:
         body = self._call("GET", group_id)
