@@ -334,3 +334,41 @@ def test_log_process_formats_frames_and_reports_counts(tmp_path: Any) -> None:
         "failures": 0,
         "error": "",
     }
+
+
+def test_log_process_gone_is_counted_and_started_again(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "a.log"
+    monkeypatch.setattr(accesslog, "REOPEN_DELAY", 0.0)
+
+    async def scenario() -> dict[str, Any]:
+        log = AccessLog(path=str(target))
+        log.start(asyncio.get_running_loop())
+        log.record(_log_exchange(path="/one"), None, 200, 0.1, -1.0, 1.0)
+        log.flush()
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if target.exists() and target.read_text().count("\n") == 1:
+                break
+        assert log._proc is not None
+        first = log._proc
+        first.kill()
+        first.wait()
+        log.record(_log_exchange(path="/lost"), None, 200, 0.1, -1.0, 1.0)
+        log.flush()  # the writer finds the process gone and starts another one
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if log._proc is not first:
+                break
+        log.record(_log_exchange(path="/two"), None, 200, 0.1, -1.0, 1.0)
+        log.flush()
+        await asyncio.sleep(0.1)
+        log.close()
+        return log.stats() | {"restarted": log._proc is not first}
+
+    stats = asyncio.run(scenario())
+    paths = [json.loads(x)["path"] for x in target.read_text().splitlines()]
+    assert paths[0] == "/one" and paths[-1] == "/two"
+    assert stats["restarted"]
+    assert len(paths) + stats["dropped"] == 3

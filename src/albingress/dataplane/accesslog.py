@@ -255,7 +255,7 @@ class AccessLog:
 
     # ----------------------------------------------------------------- the log process
 
-    def _spawn(self) -> None:
+    def _spawn(self, from_thread: bool = False) -> None:
         args = [sys.executable, "-m", "albingress.dataplane.logwriter", "--prefix", self.prefix]
         fds: list[int] = []
         if self.fd is not None:
@@ -274,7 +274,15 @@ class AccessLog:
             return
         if self._loop is not None and self._proc.stdout is not None:
             os.set_blocking(self._proc.stdout.fileno(), False)
-            self._loop.add_reader(self._proc.stdout.fileno(), self._read_stats)
+            if from_thread:  # the loop's reader is registered from the loop's own thread
+                self._loop.call_soon_threadsafe(self._watch, self._proc)
+            else:
+                self._watch(self._proc)
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        if self._loop is not None and proc.stdout is not None and proc is self._proc:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                self._loop.add_reader(proc.stdout.fileno(), self._read_stats)
 
     def _read_stats(self) -> None:
         proc = self._proc
@@ -315,7 +323,7 @@ class AccessLog:
             if time.monotonic() < self._next_spawn:
                 self._lost(frame)
                 return
-            self._spawn()  # from this thread: the event loop is not touched but for the reader
+            self._spawn(from_thread=True)
             proc = self._proc
             if proc is None:
                 self._lost(frame)
