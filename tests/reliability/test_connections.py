@@ -44,6 +44,7 @@ def test_slowloris_head_trickled_byte_by_byte_gets_408_within_the_idle_timeout(
         reply = read_reply(s, 4)
         got = reply.raw
     elapsed = time.monotonic() - started
+    print(f"slowloris: {status_of(got)} after {elapsed:.2f} s")
     assert status_of(got) == 408, got[:200]
     assert reply.closed and elapsed < 5.5
     assert stubs.received() == before
@@ -56,6 +57,7 @@ def test_slow_body_is_cut_off_and_the_connection_closed(lb: Serve, stubs: Stubs)
         s.sendall(b"POST /slow-body HTTP/1.1\r\n" + H + b"Content-Length: 1000\r\n\r\nabc")
         reply = read_reply(s, 8)
     elapsed = time.monotonic() - started
+    print(f"slow body: {reply.status} after {elapsed:.2f} s, closed {reply.closed}")
     assert reply.closed, reply.raw[:200]
     assert reply.status in (408, 504, 0), reply.raw[:200]
     assert elapsed < 6
@@ -124,6 +126,8 @@ def test_a_server_closing_mid_body_ends_the_client_connection(lb: Serve) -> None
     one signal HTTP/1.1 has for a truncated body (RFC 9112 8)."""
     started = time.monotonic()
     reply = exchange(lb.port, request("bad.example.com", "/cut") + b"\r\n", wait=6)
+    body = reply.raw.partition(b"\r\n\r\n")[2]
+    print(f"cut mid-body: {reply.status}, {len(body)} of 1000 body bytes, closed {reply.closed}")
     assert reply.closed and time.monotonic() - started < 3
     if reply.status == 200:
         body = reply.raw.partition(b"\r\n\r\n")[2]
@@ -134,10 +138,13 @@ def test_a_server_closing_mid_body_ends_the_client_connection(lb: Serve) -> None
 
 def test_a_server_that_hangs_gives_504_after_the_response_timeout(lb: Serve) -> None:
     started = time.monotonic()
-    reply = exchange(lb.port, request("bad.example.com", "/hang") + b"\r\n", wait=8)
+    reply = exchange(
+        lb.port, request("bad.example.com", "/hang", b"Connection: close\r\n") + b"\r\n", wait=8
+    )
     elapsed = time.monotonic() - started
+    print(f"hanging server: {reply.status} after {elapsed:.2f} s")
     assert reply.status == 504, reply.raw[:300]
-    assert 1.5 < elapsed < 5
+    assert 1.5 < elapsed < 3.5
 
 
 @pytest.fixture

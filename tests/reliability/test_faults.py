@@ -129,6 +129,7 @@ def test_a_server_killed_under_load_costs_no_request(rig_factory) -> None:  # ty
         rig.a1.stop()  # every socket of the server closes, the port refuses
         load.wait_for(500)
     assert load.total > 700
+    print(f"server killed under GET load: {load.failed()} of {load.total} failed")
     assert load.failed() == 0, (load.statuses, load.errors[:5])
     assert load.servers["a2"] > 0 and load.servers["b1"] > 0
 
@@ -158,6 +159,7 @@ def test_a_hanging_server_times_out_then_leaves_rotation(rig_factory) -> None:  
     wait_until(
         lambda: "127.0.8.1" in json.dumps(rig.serve.config()["unhealthy"]), 10, "a1 unhealthy"
     )
+    print(f"hanging server out of rotation after {time.monotonic() - started:.1f} s: {codes}")
     assert time.monotonic() - started < 10
     before = len(rig.a1.heads)
     for i in range(30):
@@ -174,6 +176,7 @@ def test_a_whole_group_down_moves_its_share_then_503_when_none_is_left(rig_facto
     with Load(rig.serve.port, "f.example.com", threads=2, seconds=20) as load:
         load.wait_for(300)
     assert load.failed() == 0, (load.statuses, load.errors[:5])
+    print(f"group down: {load.failed()} of {load.total} failed, servers {dict(load.servers)}")
     assert set(load.servers) == {"b1"}
     rig.b1.stop()
     wait_until(lambda: rig.serve.get("f.example.com", "/")[0] == 503, 10, "503 with no server left")
@@ -211,6 +214,7 @@ def test_a_worker_killed_is_restarted_and_the_others_keep_serving(rig_factory) -
             "the worker to be replaced",
         )
         load.wait_for(200)
+    print(f"worker SIGKILL: {load.failed()} of {load.total} failed, {load.errors[:2]}")
     assert workers[1] in children(rig.serve.proc.pid)
     # only connections the dead worker held can fail: at most one request per load thread
     assert load.failed() <= 4, (load.statuses, load.errors[:5])
@@ -235,5 +239,6 @@ def test_sigterm_lets_long_requests_in_flight_finish(rig_factory) -> None:  # ty
     rig.serve.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(15)
+    print(f"SIGTERM with 4 requests of 2 s in flight: {[s for s, _ in results]}")
     assert [s for s, _ in results] == [200] * 4, results
     assert rig.serve.proc.wait(15) == 0
