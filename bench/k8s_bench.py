@@ -164,7 +164,7 @@ def main() -> int:
             "--listen", f"80=127.0.0.1:{port}", "--listen", f"443=127.0.0.1:{free_port()}",
             "--admin", f"127.0.0.1:{admin}", "--state", str(work / "state" / "x"),
             "--workers", str(args.workers), "--vpc-cidr", "127.0.0.0/8",
-            "--publish-address", "127.0.0.1", "--log-level", "warning",
+            "--publish-address", "127.0.0.1", "--log-level", "warning", "--access-log", "off",
         ]  # fmt: skip
         log = (work / "controller.log").open("wb")
         t0 = time.perf_counter()

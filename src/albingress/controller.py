@@ -35,7 +35,8 @@ from albingress.api.auth import load_or_create_credentials
 from albingress.api.server import AdminRequest, AdminResponse
 from albingress.compile.compiler import CompileOptions, CompileResult
 from albingress.compile.services import ServiceIndex
-from albingress.diagnostics import ConfigError, Diagnostic
+from albingress.diagnostics import Diagnostic
+from albingress.flags import add_balancer_flags, balancer_options
 from albingress.serve import Runtime, ServeOptions, run_balancer
 from albingress.servergroups.crstore import CustomResourceStore
 from albingress.servergroups.store import ServerGroupStore
@@ -403,7 +404,7 @@ async def run(options: ControllerOptions, config: ClusterConfig | None = None) -
 
 _MANY: dict[str, Any] = {"action": "append"}
 _SECONDS: dict[str, Any] = {"type": float, "help": "seconds"}
-# (flag, argparse keywords): Kubernetes flags first, then the load balancer's (as for serve).
+# (flag, argparse keywords); the load balancer's own flags are serve's (albingress.flags).
 _FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--kubeconfig", {"help": "kubeconfig file (default: in-cluster service account)"}),
     ("--context", {"default": "", "help": "kubeconfig context (default: current)"}),
@@ -421,14 +422,6 @@ _FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--servergroup-namespace", {"default": "", "help": "namespace of API-made ServerGroups"}),
     ("--status-interval", {**_SECONDS, "default": 5.0}),
     ("--watch-endpoints", {"action": "store_true", "help": "also watch v1 Endpoints"}),
-    ("--listen", {**_MANY, "metavar": "PORT=HOST:PORT", "help": "bind ALB listener PORT"}),
-    ("--admin", {"default": "127.0.0.1:9080", "metavar": "HOST:PORT", "help": "admin address"}),
-    ("--state", {"default": ".albingress/state.db", "help": "its directory holds credentials"}),
-    ("--workers", {"type": int, "default": 0, "help": "worker processes (default: per core)"}),
-    ("--credentials", {"help": "AccessKey file for the server-group API"}),
-    ("--log-level", {"default": "info", "choices": ("debug", "info", "warning", "error")}),
-    ("--vpc-cidr", {**_MANY, "metavar": "CIDR", "help": "the load balancer's own network"}),
-    ("--remote-cidr", {**_MANY, "metavar": "CIDR", "help": "ranges for remote servers"}),
 )  # fmt: skip
 
 
@@ -436,27 +429,12 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("controller", help="run the load balancer from a Kubernetes cluster")
     for flag, keywords in _FLAGS:
         p.add_argument(flag, **keywords)
+    add_balancer_flags(p)
     p.set_defaults(func=main)
 
 
 def options_from_args(args: Any) -> ControllerOptions:
-    from albingress.model.servergroup import NetworkSettings
-    from albingress.serve import parse_address, parse_listen
-
-    try:
-        network = NetworkSettings.from_strings(
-            tuple(args.vpc_cidr or ()), tuple(args.remote_cidr or ())
-        )
-    except ValueError as exc:
-        raise ConfigError(f"bad CIDR: {exc}") from exc
-    serve = ServeOptions(
-        listen=parse_listen(args.listen or ()),
-        admin=parse_address(args.admin, "--admin"),
-        state=Path(args.state),
-        workers=args.workers,
-        network=network,
-        credentials=Path(args.credentials) if args.credentials else None,
-    )
+    serve = balancer_options(args)
     return ControllerOptions(
         serve=serve,
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,

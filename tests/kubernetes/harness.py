@@ -170,7 +170,7 @@ class Controller:
             "--workers", str(self.workers), "--vpc-cidr", "127.0.0.0/8",
             "--identity", self.identity, "--lease-duration", "2", "--renew-period", "0.3",
             "--retry-period", "0.2", "--status-interval", "0.5",
-            "--publish-address", "127.0.0.1", *self.extra,
+            "--publish-address", "127.0.0.1", "--access-log", "off", *self.extra,
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
