@@ -60,6 +60,7 @@ def _proxy_fields() -> list[tuple[str, type, Any, str]]:
         "max_connections": "client connections per worker (over it: refused)",
         "max_retries": "extra tries on another server when nothing was sent yet",
         "max_headers": "header fields in one message",
+        "max_body_bytes": "request body, bytes; 0: no limit, as ALB (over it: 413)",
     }
     out = []
     for f in dataclasses.fields(ProxySettings):

@@ -75,6 +75,7 @@ class StubServer:
     def __init__(self, name: str, host: str, port: int = 0) -> None:
         self.name = name
         self.heads: list[bytes] = []  # every request head received, in order
+        self.bodies: list[bytes] = []  # the body bytes of each (as framed on the wire)
         self.mode = ""  # when set: the behaviour for every request, whatever its path
         self._lock = threading.Lock()
         self._sock = socket.socket()
@@ -125,9 +126,10 @@ class StubServer:
                         return
                     buf += chunk
                 head, _, buf = buf.partition(b"\r\n\r\n")
-                buf = self._skip_body(conn, head, buf)
+                body, buf = self._read_body(conn, head, buf)
                 with self._lock:
                     self.heads.append(head)
+                    self.bodies.append(body)
                 if not self._answer(conn, head):
                     return
         except OSError:
@@ -138,7 +140,8 @@ class StubServer:
             conn.close()
 
     @staticmethod
-    def _skip_body(conn: socket.socket, head: bytes, buf: bytes) -> bytes:
+    def _read_body(conn: socket.socket, head: bytes, buf: bytes) -> tuple[bytes, bytes]:
+        """(the body, the bytes after it); a body cut short by the peer is returned as it is."""
         low = head.lower()
         length = 0
         for line in low.split(b"\r\n")[1:]:
@@ -152,13 +155,13 @@ class StubServer:
                     break
                 buf += chunk
             end = buf.find(b"0\r\n\r\n")
-            return buf[end + 5 :] if end >= 0 else b""
+            return (buf[: end + 5], buf[end + 5 :]) if end >= 0 else (buf, b"")
         while len(buf) < length:
             chunk = conn.recv(65536)
             if not chunk:
                 break
             buf += chunk
-        return buf[length:]
+        return buf[:length], buf[length:]
 
     def _answer(self, conn: socket.socket, head: bytes) -> bool:
         """Answer one request; False when the connection must end."""

@@ -214,6 +214,9 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        limit = self.ctx.settings.max_body_bytes
+        if limit and _declared_length(self.headers) > limit:
+            raise RequestRejected(413, "request body larger than the limit")
         ex = self._exchange()
         self.headers = []
         self.parsing = ex
@@ -222,6 +225,9 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
         if ex is not None:
+            limit = self.ctx.settings.max_body_bytes
+            if limit and ex.body_in + len(body) > limit:  # chunked: no length was declared
+                raise RequestRejected(413, "request body larger than the limit")
             ex.body(body)
 
     def on_message_complete(self) -> None:
@@ -340,7 +346,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = None
         if ex is not None:
             if ex is self.current:
-                ex.request_broken()
+                ex.request_broken(code, reason)
                 return
             if ex in self.queue:
                 self.queue.remove(ex)
@@ -409,3 +415,11 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None:
             transport.abort()
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The request's Content-Length (llhttp has checked there is at most one, all digits)."""
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            return int(value)
+    return 0

@@ -196,15 +196,16 @@ class Exchange:
                 self.body_buf = [*(self.body_buf or ()), LAST_CHUNK]
         self.maybe_done()
 
-    def request_broken(self) -> None:
-        """The rest of the request body was malformed: the server must not see more of it."""
+    def request_broken(self, code: int = 400, reason: str = "malformed request body") -> None:
+        """The rest of the request body was malformed (or over the body limit: 413): the server
+        must not see more of it."""
         conn = self.upstream
         if conn is not None:
             self.upstream = None
             conn.abort()
         self.close_after = True
         if not self.resp_started:
-            self.fail(400, "malformed request body")
+            self.fail(code, reason)
         else:
             self.client.abort()
             self._finish()

@@ -23,6 +23,7 @@ class ProxySettings:
     max_connections: int = 10000  # client connections per worker; over it: 503 and close
     max_retries: int = 2  # extra tries on another server when nothing was sent yet
     max_headers: int = 200  # header fields in one request or response; over it: 431 / 502
+    max_body_bytes: int = 0  # request body bytes; 0: no limit (as ALB); over it: 413
     pool_idle_per_server: int = 256  # idle keep-alive connections kept per upstream server
     pool_idle_timeout: float = 30.0  # seconds an idle upstream connection is kept
     write_high_water: int = 256 * 1024  # bytes buffered for a peer before its source is paused
@@ -39,6 +40,8 @@ class ProxySettings:
             raise ConfigError(
                 "ProxySettings: max_retries >= 0, max_header_bytes >= 1024, max_connections >= 1"
             )
+        if self.max_body_bytes < 0:
+            raise ConfigError("ProxySettings.max_body_bytes must be >= 0 (0: no limit)")
         if not 0 < self.write_low_water < self.write_high_water:
             raise ConfigError("ProxySettings: 0 < write_low_water < write_high_water")
 
