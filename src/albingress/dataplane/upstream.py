@@ -104,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.informational = False  # the message being parsed is a 1xx
         self.in_head = False  # a response head is being parsed
         self.head_fed = 0  # bytes fed to the parser since that head began
+        self.head_bytes = 0  # bytes of the header fields parsed so far in that head
         self.reusable = True
         self.closed = False
         self.tunnel = False  # after a 101: raw bytes both ways
@@ -191,7 +192,12 @@ class UpstreamConnection(asyncio.Protocol):
         if not ok:
             self.checker = httptools.HttpResponseParser(v)
             return None
-        out = plain_head(data, self.pool.ctx.settings.max_headers)
+        settings = self.pool.ctx.settings
+        if len(data) > settings.max_header_bytes and (
+            data.find(b"\r\n\r\n") > settings.max_header_bytes
+        ):
+            return None  # the full parser refuses the head: 502
+        out = plain_head(data, settings.max_headers)
         if out is not None:
             # remember the head: a response that starts with it and has the same length is
             # framed the same way (Content-Length, or none for 204/304), so needs no new check
@@ -250,6 +256,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers = []
         self.in_head = True
         self.head_fed = 0
+        self.head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -257,8 +264,12 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self.headers
         headers.append((name, value))
-        if len(headers) > self.pool.ctx.settings.max_headers:
+        settings = self.pool.ctx.settings
+        if len(headers) > settings.max_headers:
             raise ResponseTooLarge("the server sent too many header fields")
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > settings.max_header_bytes:
+            raise ResponseTooLarge("the server's response head is too large")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
