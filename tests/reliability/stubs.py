@@ -69,6 +69,18 @@ def request(host: str, path: str = "/", extra: bytes = b"", method: bytes = b"GE
     return method + b" " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n" + extra
 
 
+# Malformed or ambiguous answers a server may give (path -> bytes), each then closing.
+RAW_ANSWERS = {
+    "cl-te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+    "bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    "bad-status": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+    "bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+    "nul-header": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    "http09": b"just a body, no status line",
+}
+
+
 class StubServer:
     """A recording, optionally misbehaving HTTP/1.1 server on ``host:port`` (see module doc)."""
 
@@ -170,6 +182,9 @@ class StubServer:
         mode = self.mode or path.strip("/").split("/")[0]
         if mode == "garbage":
             conn.sendall(b"\x00\x01 this is not HTTP at all\r\n\r\n")
+            return False
+        if mode in RAW_ANSWERS:
+            conn.sendall(RAW_ANSWERS[mode])
             return False
         if mode == "longheaders":
             conn.sendall(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")

@@ -106,6 +106,12 @@ def test_a_client_resetting_mid_response_leaves_the_proxy_serving(lb: Serve) -> 
 BAD_SERVERS = {
     "a server answering garbage": "/garbage",
     "a server answering headers over the limit": "/longheaders",
+    "rfc9112-6.1 a response with Content-Length and Transfer-Encoding": "/cl-te",
+    "rfc9112-6.3 a response with two Content-Lengths": "/two-cl",
+    "rfc9112-2.2 a response with bare LF": "/bare-lf",
+    "rfc9112-4 a three-digit status it is not": "/bad-status",
+    "rfc9110-5.5 a response header with NUL": "/nul-header",
+    "a response with no status line": "/http09",
 }
 
 
@@ -132,6 +138,17 @@ def test_a_server_closing_mid_body_ends_the_client_connection(lb: Serve) -> None
     if reply.status == 200:
         body = reply.raw.partition(b"\r\n\r\n")[2]
         assert len(body) < 1000
+    else:
+        assert reply.status == 502, reply.raw[:300]
+
+
+def test_an_invalid_chunk_from_a_server_ends_the_client_connection_unterminated(lb: Serve) -> None:
+    """RFC 9112 7.1: the head was relayed before the bad chunk size came; the client's chunked
+    body then ends without its last chunk, by a close: never a well-formed message."""
+    reply = exchange(lb.port, request("bad.example.com", "/bad-chunk") + b"\r\n", wait=6)
+    assert reply.closed
+    if reply.status == 200:
+        assert not reply.raw.endswith(b"0\r\n\r\n") and b"zz" not in reply.raw
     else:
         assert reply.status == 502, reply.raw[:300]
 
