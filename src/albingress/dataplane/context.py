@@ -52,6 +52,7 @@ class WorkerContext:
         # (port, host, path) -> rule, when every rule depends on nothing else; else None
         self.route_cache: dict[tuple[int, str, str], Rule | None] | None = None
         self.version = -1
+        self.generation = 0  # moves with every table swapped in (memos of routing check it)
         self.balancer = Balancer(clock=clock)
         self.limiter = TrafficLimiter(clock, share=share)
         self.pool = Pool(self)
@@ -77,6 +78,7 @@ class WorkerContext:
         )
         self.route_cache = {} if cacheable else None
         self.table = table  # one reference: requests already routed keep their rule
+        self.generation += 1
         self.version = version
 
     def route(

@@ -123,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
             and self.current is None
             and not self.in_head
             and not self.queue
-            and memo.table is self.ctx.table
+            and memo.generation == self.ctx.generation
         ):  # the same request again: already checked and routed on this connection
             ex = memo.exchange(self)
             self.current = ex
@@ -271,10 +271,9 @@ class ClientConnection(asyncio.Protocol):
             return False
         self.current = ex
         self._set_idle(False)
-        table = self.ctx.table
+        generation = self.ctx.generation  # of the table start_simple routes by
         if ex.start_simple():
-            if table is not None:
-                self.memo = remember(data, ex, table)
+            self.memo = remember(data, ex, generation)
             return True
         self.current = None
         self._set_idle(True)

@@ -34,7 +34,6 @@ from albingress.ir import ForwardAction
 
 if TYPE_CHECKING:
     from albingress.dataplane.downstream import ClientConnection
-    from albingress.dataplane.routing import RoutingTable
     from albingress.ir import Rule
 
 
@@ -229,7 +228,7 @@ class RequestMemo:
     host: bytes
     raw_head: bytes
     wire_head: bytes  # what the server gets (with this connection's X-Forwarded-*)
-    table: RoutingTable  # the rule holds while this table is the live one
+    generation: int  # the rule holds while this table generation is live (WorkerContext)
     rule: Rule
     action: ForwardAction  # the rule's only action
     pick_context: PickContext  # what the balancer is told about this request
@@ -247,8 +246,9 @@ class RequestMemo:
         return ex
 
 
-def remember(data: bytes, ex: Exchange, table: RoutingTable) -> RequestMemo | None:
-    """The memo of fast-lane request ``data`` once ``ex`` was routed by ``table``."""
+def remember(data: bytes, ex: Exchange, generation: int) -> RequestMemo | None:
+    """The memo of fast-lane request ``data`` once ``ex`` was routed by the table of
+    ``generation`` (a number, not the table: an idle connection must not keep an old table)."""
     rule, raw, wire = ex.rule, ex.raw_head, ex.wire_head
     if rule is None or raw is None or wire is None:
         return None
@@ -267,7 +267,7 @@ def remember(data: bytes, ex: Exchange, table: RoutingTable) -> RequestMemo | No
         ex.host,
         raw,
         wire,
-        table,
+        generation,
         rule,
         action,
         pctx,
