@@ -409,7 +409,7 @@ _FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--kubeconfig", {"help": "kubeconfig file (default: in-cluster service account)"}),
     ("--context", {"default": "", "help": "kubeconfig context (default: current)"}),
     ("--namespace", {**_MANY, "metavar": "NS", "help": "watch only NS (repeatable; default all)"}),
-    ("--ingress-class", {"default": "alb", "help": "our IngressClass's name (default alb); "
+    ("--ingress-class", {"default": "alb", "help": "the legacy kubernetes.io/ingress.class value we serve (default alb); "
      "every IngressClass whose controller is ingress.k8s.alibabacloud/alb is served"}),
     ("--publish-address", {**_MANY, "metavar": "ADDR", "help": "address for Ingress status"}),
     ("--publish-service", {"default": "", "metavar": "NS/NAME", "help": "or this Service's"}),

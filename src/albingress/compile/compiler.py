@@ -48,7 +48,7 @@ _TYPE_RANK = {
 @dataclass(frozen=True, slots=True)
 class CompileOptions:
     network: NetworkSettings = field(default_factory=NetworkSettings)
-    ingress_class: str = "alb"  # the IngressClass name implied when no IngressClass object exists
+    ingress_class: str = "alb"  # implied IngressClass (embedded) and the legacy annotation value
     embedded: bool = True  # files mode: the class above is implied without an IngressClass object
 
 
@@ -275,7 +275,7 @@ def _ingresses(ctx: _Ctx, classes: set[str]) -> list[tuple[K8sObject, IngressSpe
         class_name = obj.spec.get("ingressClassName")
         legacy = obj.annotations.get(LEGACY_CLASS_ANNOTATION)
         if class_name is None and legacy is not None:
-            ours = legacy == "alb"
+            ours = legacy == ctx.options.ingress_class
         else:
             ours = (class_name or "") in classes
         if not ours:
