@@ -1,6 +1,7 @@
 """Fixtures of the reliability suite: ``albingress serve`` (a real process) in front of stub servers.
 
-Stub servers stand on 127.0.7.x and 127.0.8.x, addresses no other test directory uses. The
+Stub servers stand on 127.0.7.x and 127.0.8.x, addresses no other test directory uses, on a
+port found free for all of a set (so that two runs of the suite at once do not collide). The
 routes: ``r.example.com`` -> Service ``good`` (two pods, 127.0.7.1 and 127.0.7.2);
 ``bad.example.com`` -> Service ``bad`` (one pod, 127.0.7.3, that misbehaves on request).
 No rule has a default backend: any other Host is a 404 from the proxy itself.
@@ -16,10 +17,8 @@ import pytest
 from tests.e2e.harness import Serve
 from tests.reliability.stubs import StubServer
 
-PORT = 8080
 
-
-def service(name: str, *addresses: str, port: int = PORT) -> str:
+def service(name: str, *addresses: str, port: int) -> str:
     endpoints = "\n".join(
         f'  - addresses: ["{a}"]\n    conditions: {{ready: true}}' for a in addresses
     )
@@ -57,11 +56,30 @@ spec:
 """
 
 
-MANIFESTS = {
-    "services.yaml": service("good", "127.0.7.1", "127.0.7.2") + service("bad", "127.0.7.3"),
-    "ingresses.yaml": ingress("good", "r.example.com", "good")
-    + ingress("bad", "bad.example.com", "bad"),
-}
+def manifests(port: int) -> dict[str, str]:
+    return {
+        "services.yaml": service("good", "127.0.7.1", "127.0.7.2", port=port)
+        + service("bad", "127.0.7.3", port=port),
+        "ingresses.yaml": ingress("good", "r.example.com", "good")
+        + ingress("bad", "bad.example.com", "bad"),
+    }
+
+
+def stub_set(*specs: tuple[str, str]) -> list[StubServer]:
+    """Stub servers ``(name, address)`` all on one port, free on every address."""
+    for _ in range(50):
+        first = StubServer(specs[0][0], specs[0][1], 0)
+        started = [first]
+        try:
+            for name, host in specs[1:]:
+                started.append(StubServer(name, host, first.port))
+        except OSError:
+            for s in started:
+                s.stop()
+            continue
+        return started
+    raise AssertionError(f"no port free on all of {specs}")
+
 
 # Short timeouts so the timeout cases finish quickly; the rest are the defaults.
 FLAGS = ("--idle-timeout", "2", "--response-timeout", "2", "--connect-timeout", "1")
@@ -69,10 +87,12 @@ FLAGS = ("--idle-timeout", "2", "--response-timeout", "2", "--connect-timeout", 
 
 class Stubs:
     def __init__(self) -> None:
-        self.g1 = StubServer("g1", "127.0.7.1", PORT)
-        self.g2 = StubServer("g2", "127.0.7.2", PORT)
-        self.bad = StubServer("bad", "127.0.7.3", PORT)
+        self.g1, self.g2, self.bad = stub_set(
+            ("g1", "127.0.7.1"), ("g2", "127.0.7.2"), ("bad", "127.0.7.3")
+        )
         self.all = (self.g1, self.g2, self.bad)
+        self.port = self.g1.port
+        self.manifests = manifests(self.port)
 
     def received(self) -> int:
         return sum(len(s.heads) for s in self.all)
@@ -93,7 +113,7 @@ def stubs() -> Iterator[Stubs]:
 def lb(tmp_path_factory: pytest.TempPathFactory, stubs: Stubs) -> Iterator[Serve]:
     serve = Serve(tmp_path_factory.mktemp("reliability"), workers=2, extra=FLAGS)
     try:
-        for name, text in MANIFESTS.items():
+        for name, text in stubs.manifests.items():
             serve.write(name, text)
         serve.start()
         yield serve

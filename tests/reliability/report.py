@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tests.e2e.harness import Serve
-from tests.reliability.conftest import FLAGS, MANIFESTS, Stubs
+from tests.reliability.conftest import FLAGS, Stubs
 from tests.reliability.stubs import exchange
 from tests.reliability.test_hostile_input import NOT_FORWARDED, REFUSED
 
@@ -33,7 +33,7 @@ def main() -> None:
     stubs = Stubs()
     serve = Serve(Path(tempfile.mkdtemp(prefix="albingress-report-")), workers=2, extra=FLAGS)
     try:
-        for name, text in MANIFESTS.items():
+        for name, text in stubs.manifests.items():
             serve.write(name, text)
         serve.start()
         print("| Case | Source | Expected | Measured |")

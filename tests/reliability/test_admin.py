@@ -29,7 +29,7 @@ from albingress.api.auth import CREDENTIALS_FILE, load_credentials
 from albingress.api.server import AdminServer
 from albingress.api.sgclient import ApiFailure, call, find_key, make_client
 from tests.e2e.harness import ROOT, Serve, free_port, wait_until
-from tests.reliability.conftest import MANIFESTS, Stubs
+from tests.reliability.conftest import Stubs
 from tests.reliability.load import Load
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +53,7 @@ def own(tmp_path: Path, stubs: Stubs) -> Iterator[Serve]:
     serve = Serve(tmp_path, workers=1)
     serve.extra = ("--admin", f"127.0.0.2:{serve.admin}")
     try:
-        for name, text in MANIFESTS.items():
+        for name, text in stubs.manifests.items():
             serve.write(name, text)
         _start(serve, "127.0.0.2")
         yield serve
@@ -218,7 +218,7 @@ def test_a_full_state_database_is_refused_clearly_and_traffic_goes_on(
     tmp_path: Path, stubs: Stubs
 ) -> None:
     serve = Serve(tmp_path, workers=1)
-    for name, text in MANIFESTS.items():
+    for name, text in stubs.manifests.items():
         serve.write(name, text)
     try:
         _start(serve, "127.0.0.1", ("--log-level", "warning"), LIMITED)

@@ -10,7 +10,7 @@ import pytest
 from albingress.dataplane.settings import ProxySettings
 from albingress.diagnostics import ConfigError
 from tests.e2e.harness import Serve
-from tests.reliability.conftest import MANIFESTS, Stubs
+from tests.reliability.conftest import Stubs
 from tests.reliability.stubs import exchange
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ H = b"Host: r.example.com\r\n"
 def limited(tmp_path_factory: pytest.TempPathFactory, stubs: Stubs) -> Iterator[Serve]:
     serve = Serve(tmp_path_factory.mktemp("limited"), workers=1, extra=("--max-body-bytes", "1000"))
     try:
-        for name, text in MANIFESTS.items():
+        for name, text in stubs.manifests.items():
             serve.write(name, text)
         serve.start()
         yield serve

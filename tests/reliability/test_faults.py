@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Serve, wait_until
-from tests.reliability.conftest import PORT
+from tests.reliability.conftest import stub_set
 from tests.reliability.load import Load, children
-from tests.reliability.stubs import StubServer
 
 pytestmark = pytest.mark.e2e
 
 FLAGS = ("--response-timeout", "1", "--connect-timeout", "1", "--idle-timeout", "10")
 
 
-def groups_manifest(weights: tuple[int, int] = (50, 50), checked: bool = False) -> str:
+def groups_manifest(port: int, weights: tuple[int, int] = (50, 50), checked: bool = False) -> str:
     """Ingress f.example.com -> sgp-a (127.0.8.1, .2) and sgp-b (127.0.8.3) by weight."""
     check = (
         """\
@@ -61,8 +60,8 @@ spec:
   serverGroupId: sgp-a
   serverGroupType: Ip
 {check}  servers:
-    - {{serverIp: 127.0.8.1, port: {PORT}}}
-    - {{serverIp: 127.0.8.2, port: {PORT}}}
+    - {{serverIp: 127.0.8.1, port: {port}}}
+    - {{serverIp: 127.0.8.2, port: {port}}}
 ---
 apiVersion: albingress.dev/v1alpha1
 kind: ServerGroup
@@ -71,7 +70,7 @@ spec:
   serverGroupId: sgp-b
   serverGroupType: Ip
 {check}  servers:
-    - {{serverIp: 127.0.8.3, port: {PORT}}}
+    - {{serverIp: 127.0.8.3, port: {port}}}
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -93,11 +92,12 @@ class Rig:
     """Stub servers a1, a2 (group sgp-a), b1 (group sgp-b), and ``serve`` in front of them."""
 
     def __init__(self, tmp: Path, checked: bool, workers: int, extra: tuple[str, ...]) -> None:
-        self.a1 = StubServer("a1", "127.0.8.1", PORT)
-        self.a2 = StubServer("a2", "127.0.8.2", PORT)
-        self.b1 = StubServer("b1", "127.0.8.3", PORT)
+        self.a1, self.a2, self.b1 = stub_set(
+            ("a1", "127.0.8.1"), ("a2", "127.0.8.2"), ("b1", "127.0.8.3")
+        )
+        self.port = self.a1.port
         self.serve = Serve(tmp, workers=workers, extra=FLAGS + extra)
-        self.serve.write("groups.yaml", groups_manifest(checked=checked))
+        self.serve.write("groups.yaml", groups_manifest(self.port, checked=checked))
 
     def stop(self) -> int:
         code = self.serve.stop()
@@ -191,7 +191,7 @@ def test_200_config_changes_under_load_fail_no_request(rig_factory) -> None:  # 
     with Load(rig.serve.port, "f.example.com", threads=4, seconds=90) as load:
         for i in range(200):
             weight = 1 + i % 99  # consecutive steps always differ
-            rig.serve.write("groups.yaml", groups_manifest((weight, 100 - weight)))
+            rig.serve.write("groups.yaml", groups_manifest(rig.port, (weight, 100 - weight)))
             version = int(rig.serve.wait_version(version, timeout=10)["version"])
     elapsed = time.monotonic() - started
     print(f"200 config changes in {elapsed:.1f} s, {load.total} requests, {load.failed()} failed")
