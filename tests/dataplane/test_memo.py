@@ -3,6 +3,8 @@ side) skip the checks only when the bytes are the same; anything else takes the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from albingress.dataplane.settings import ProxySettings
 
 from .harness import Harness, aio, feed, make_ir, response
@@ -228,3 +230,40 @@ async def test_a_repeated_request_carries_a_new_request_id_when_logging(tmp_path
         assert sent == given[:-2] + FORWARDED
     assert client.memo is not None and client.memo.data == given
     log.close()
+
+
+@aio
+async def test_a_request_checked_for_one_client_is_known_to_the_others():
+    h = Harness(make_ir(SERVERS[:1]))
+    first, ct1 = h.client(("127.0.0.9", 40000))
+    await _round(h, first, ct1, GET, response(b"one"))
+    assert list(h.ctx.shapes) == [GET]
+    marked = GET[:-2].replace(b"/a?x=1", b"/marked")  # proof that the kept shape is used
+    h.ctx.shapes[GET] = replace(h.ctx.shapes[GET], raw_head=marked)
+    second, ct2 = h.client(("127.0.0.10", 40001))
+    sent, _ = await _round(h, second, ct2, GET, response(b"two"))
+    assert sent == marked + FORWARDED.replace(b"127.0.0.9", b"127.0.0.10")
+    h.ctx.shapes.clear()
+    third, ct3 = h.client(("127.0.0.11", 40002))
+    sent, got = await _round(h, third, ct3, GET, response(b"three"))
+    assert b"X-Forwarded-For: 127.0.0.11\r\n" in sent and got.endswith(b"three")
+
+
+@aio
+async def test_only_small_requests_the_fast_lane_took_are_kept_and_the_set_is_bounded():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    with_cookie = GET[:-2] + b"Cookie: a=1\r\n\r\n"
+    await _round(h, client, ct, with_cookie, response(b"c"))
+    big = GET[:-2] + b"X-Pad: " + b"p" * 3000 + b"\r\n\r\n"
+    await _round(h, client, ct, big, response(b"b"))
+    assert not h.ctx.shapes  # the full parser took the first, the second is too large
+    for i in range(4096 + 10):
+        h.ctx.remember_shape(b"GET /%d HTTP/1.1\r\n\r\n" % i, h.ctx.shapes.get(GET) or _shape())
+    assert 0 < len(h.ctx.shapes) <= 4096
+
+
+def _shape():
+    from albingress.dataplane.request import RequestShape
+
+    return RequestShape("GET", b"/", "/", "", b"h", b"GET / HTTP/1.1\r\nHost: h\r\n")

@@ -27,11 +27,14 @@ if TYPE_CHECKING:
     from albingress.dataplane.downstream import ClientConnection
     from albingress.dataplane.metrics import WorkerMetrics
     from albingress.dataplane.mirror import MirrorSink
+    from albingress.dataplane.request import RequestShape
 
 log = logging.getLogger("albingress.dataplane")
 
 _HOST_PATH_ONLY = frozenset({"Host", "Path"})  # conditions that depend on host and path only
 _ROUTE_CACHE_SIZE = 10_000
+_SHAPES = 4096  # request shapes kept (WorkerContext.shapes): at most 4096 x 2 KiB of keys
+_SHAPE_MAX_BYTES = 2048
 
 
 class WorkerContext:
@@ -53,6 +56,7 @@ class WorkerContext:
         self.route_cache: dict[tuple[int, str, str], Rule | None] | None = None
         self.version = -1
         self.generation = 0  # moves with every table swapped in (memos of routing check it)
+        self.shapes: dict[bytes, RequestShape] = {}  # fast-lane requests checked lately
         self.balancer = Balancer(clock=clock)
         self.limiter = TrafficLimiter(clock, share=share)
         self.pool = Pool(self)
@@ -106,6 +110,15 @@ class WorkerContext:
             cache.clear()
         cache[key] = rule
         return rule
+
+    def remember_shape(self, data: bytes, shape: RequestShape) -> None:
+        """Keep ``shape`` for the same bytes from any client (small requests, a bounded set)."""
+        if len(data) > _SHAPE_MAX_BYTES:
+            return
+        shapes = self.shapes
+        if len(shapes) >= _SHAPES:
+            shapes.clear()
+        shapes[data] = shape
 
     def set_unhealthy(self, keys: frozenset[str]) -> None:
         self.balancer.set_unhealthy(keys)

@@ -37,10 +37,11 @@ from albingress.dataplane.flow import PEER_FULL, QUEUED, TUNNEL_PEER_FULL, FlowC
 from albingress.dataplane.request import (
     RequestMemo,
     RequestRejected,
+    RequestShape,
     RequestValidator,
     parse_head,
     remember,
-    simple_exchange,
+    simple_shape,
 )
 from albingress.dataplane.wire import error_response
 
@@ -245,13 +246,33 @@ class ClientConnection(asyncio.Protocol):
         forwarded as it came (plus X-Forwarded-*), to a rule that only forwards. llhttp checks it
         with no per-header callback; on any doubt, False, and the full parser takes ``data`` from
         the start, as if this had not been tried."""
+        ctx = self.ctx
+        shape = ctx.shapes.get(data)
+        if shape is None:  # not seen lately by this worker: check it
+            shape = self._check_simple(data)
+            if shape is None:
+                return False
+            ctx.remember_shape(data, shape)
+        ex = shape.exchange(self)
+        self.current = ex
+        self._set_idle(False)
+        generation = self.ctx.generation  # of the table start_simple routes by
+        if ex.start_simple():
+            self.memo = remember(data, ex, generation)
+            return True
+        self.current = None
+        self._set_idle(True)
+        return False
+
+    def _check_simple(self, data: bytes) -> RequestShape | None:
+        """The fast lane's checks of ``data``: its shape, or None (then the full parser)."""
         settings = self.ctx.settings
         if (
             data.find(b"\r\n\r\n") != len(data) - 4
             or len(data) > settings.max_header_bytes
             or data.count(b"\n") > settings.max_headers + 2
         ):
-            return False
+            return None
         v = self.validator
         v.begun = 0
         v.done = False
@@ -263,21 +284,10 @@ class ClientConnection(asyncio.Protocol):
             ok = v.done and v.begun == 1
         if not ok:
             self.checker = v.checker = httptools.HttpRequestParser(v)
-            return False
+            return None
         if not v.keep_alive:
-            return False
-        ex = simple_exchange(self, data)
-        if ex is None:
-            return False
-        self.current = ex
-        self._set_idle(False)
-        generation = self.ctx.generation  # of the table start_simple routes by
-        if ex.start_simple():
-            self.memo = remember(data, ex, generation)
-            return True
-        self.current = None
-        self._set_idle(True)
-        return False
+            return None
+        return simple_shape(data)
 
     def _exchange(self) -> Exchange:
         return parse_head(self, self.parser, self.url, self.headers)

@@ -14,9 +14,11 @@ Headers are sorted in one pass: hop-by-hop ones (RFC 9110 7.6.1, and those the C
 header names) are dropped, X-Forwarded-* are the proxy's to set, Host, Cookie and Upgrade are
 kept and remembered.
 
-The fast lane (:func:`simple_exchange`) takes a bodyless HTTP/1.1 request that llhttp has
+The fast lane (:func:`simple_shape`) takes a bodyless HTTP/1.1 request that llhttp has
 already validated without per-header callbacks and that carries nothing the proxy must rewrite:
-its head is then forwarded as received, plus X-Forwarded-*.
+its head is then forwarded as received, plus X-Forwarded-*. What it reads (a
+:class:`RequestShape`) is kept by the worker for the same bytes from any client; what a
+connection routed is kept by that connection (:class:`RequestMemo`) for the same bytes again.
 """
 
 from __future__ import annotations
@@ -176,9 +178,39 @@ def parse_head(
     return ex
 
 
-def simple_exchange(client: ClientConnection, data: bytes) -> Exchange | None:
-    """The fast lane's exchange for ``data`` (one whole request head, validated by llhttp), or
-    None when the request needs the full parser's treatment."""
+@dataclass(frozen=True, slots=True)
+class RequestShape:
+    """What the fast lane reads in a request's bytes (llhttp-checked, nothing to rewrite): the
+    same for every connection, so a worker keeps the shapes of recent requests by their bytes
+    (``WorkerContext.shapes``) and the same bytes from any client skip the checks."""
+
+    method: str
+    target: bytes
+    path: str
+    query: str
+    host: bytes
+    raw_head: bytes  # the head as received, without its final empty line
+
+    def exchange(self, client: ClientConnection) -> Exchange:
+        """The fast lane's exchange for this request on ``client``."""
+        ex = Exchange(
+            client, self.method, self.target, self.path, self.query, _NO_HEADERS, _NO_HEADERS
+        )
+        ex.host = host = self.host
+        ex.raw_head = raw = self.raw_head
+        ex.wire_head = b"%sX-Forwarded-Host: %s\r\n%s%s" % (
+            raw,
+            host,
+            client.xff_line,
+            client.forwarded_end,
+        )
+        ex.req_done = True
+        return ex
+
+
+def simple_shape(data: bytes) -> RequestShape | None:
+    """The shape of ``data`` (one whole request head, validated by llhttp), or None when the
+    request needs the full parser's treatment."""
     low = data.lower()
     if _NOT_SIMPLE.search(low):
         return None
@@ -193,25 +225,14 @@ def simple_exchange(client: ClientConnection, data: bytes) -> Exchange | None:
     if first[sp2 + 1 :] != b"HTTP/1.1" or target[:1] != b"/" or b"#" in target:
         return None
     path, _, query = target.partition(b"?")
-    ex = Exchange(
-        client,
+    return RequestShape(
         first[:sp1].decode("latin-1"),
         target,
         path.decode("latin-1"),
         query.decode("latin-1"),
-        _NO_HEADERS,
-        _NO_HEADERS,
+        data[at + 7 : data.find(b"\r\n", at + 7)].strip(b" \t"),
+        data[: len(data) - 2],
     )
-    ex.host = host = data[at + 7 : data.find(b"\r\n", at + 7)].strip(b" \t")
-    ex.raw_head = raw = data[: len(data) - 2]
-    ex.wire_head = b"%sX-Forwarded-Host: %s\r\n%s%s" % (
-        raw,
-        host,
-        client.xff_line,
-        client.forwarded_end,
-    )
-    ex.req_done = True
-    return ex
 
 
 @dataclass(frozen=True, slots=True)
