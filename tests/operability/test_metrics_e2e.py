@@ -314,3 +314,21 @@ def test_metrics_and_log_off(tmp_path: Path, backends: RecordingBackends) -> Non
         assert "{" not in serve.log.read_text().split("serving manifests")[-1]
     finally:
         assert serve.stop() == 0
+
+
+def test_default_access_log_is_standard_output(tmp_path: Path, backends: RecordingBackends) -> None:
+    serve = _start(tmp_path, workers=2)  # no --access-log: standard output (here serve.log)
+    try:
+        for i in range(30):
+            assert request(serve, "GET", "w.example.com", f"/stdout/{i}")[0] == 200
+        found: list[dict[str, Any]] = []
+
+        def logged() -> bool:
+            lines = serve.log.read_text().splitlines()
+            found[:] = [json.loads(x) for x in lines if x.startswith('{"time"')]
+            return len(found) >= 30
+
+        wait_until(logged, 10, "30 access log lines on standard output")
+        assert sorted(x["path"] for x in found) == sorted(f"/stdout/{i}" for i in range(30))
+    finally:
+        assert serve.stop() == 0
