@@ -332,3 +332,44 @@ def test_default_access_log_is_standard_output(tmp_path: Path, backends: Recordi
         assert sorted(x["path"] for x in found) == sorted(f"/stdout/{i}" for i in range(30))
     finally:
         assert serve.stop() == 0
+
+
+def _many_rules(count: int) -> str:
+    paths = "\n".join(
+        f"      - {{path: /r{i}, pathType: Prefix, backend: "
+        f"{{service: {{name: svc-a, port: {{number: 80}}}}}}}}"
+        for i in range(count)
+    )
+    return f"""\
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: many}}
+spec:
+  ingressClassName: alb
+  rules:
+  - host: many.example.com
+    http:
+      paths:
+{paths}
+"""
+
+
+def test_scrape_with_thousands_of_rules_answers_within_a_second(
+    tmp_path: Path, backends: RecordingBackends
+) -> None:
+    serve = Serve(tmp_path, workers=2, extra=("--access-log", "off"))
+    serve.write("services.yaml", _service("svc-a", "127.0.31.1", "127.0.31.2"))
+    serve.write("many.yaml", _many_rules(3000))
+    serve.start()
+    try:
+        for i in range(0, 3000, 10):
+            assert request(serve, "GET", "many.example.com", f"/r{i}/x")[0] == 200
+        for path in ("/metrics", "/api/v1/traffic", "/"):
+            started = time.monotonic()
+            status, _ = serve.admin_get(path)
+            assert status == 200 and time.monotonic() - started < 1.0, path
+        m = parse_prometheus(serve.admin_get("/metrics")[1].decode())
+        assert total(m, "albingress_requests_total", ingress="default/many") == 300
+        assert len(list(select(m, "albingress_forward_group_weight"))) == 3000
+    finally:
+        assert serve.stop() == 0
