@@ -135,6 +135,7 @@ def start_albingress(
         "--admin", f"127.0.0.1:{admin}",
         "--workers", "1",
         "--state", str(wd / f"{name}-state.db"),
+        "--access-log", "off",  # like for like: the nginx front logs nothing either
     ]  # fmt: skip
     proc = procs.start(name, argv)
     deadline = time.monotonic() + 120
