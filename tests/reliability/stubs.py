@@ -81,6 +81,14 @@ RAW_ANSWERS = {
 }
 
 
+def _header(head: bytes, name: bytes) -> bytes:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return b""
+
+
 class StubServer:
     """A recording, optionally misbehaving HTTP/1.1 server on ``host:port`` (see module doc)."""
 
@@ -182,6 +190,15 @@ class StubServer:
         mode = self.mode or path.strip("/").split("/")[0]
         if mode == "garbage":
             conn.sendall(b"\x00\x01 this is not HTTP at all\r\n\r\n")
+            return False
+        if mode == "switch" and b"\r\nupgrade:" in head.lower():
+            # accept any upgrade, then answer whatever comes with a fixed line
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                b"Upgrade: " + _header(head, b"upgrade") + b"\r\n\r\n"
+            )
+            while conn.recv(65536):
+                conn.sendall(b"tunnelled\n")
             return False
         if mode in RAW_ANSWERS:
             conn.sendall(RAW_ANSWERS[mode])

@@ -239,3 +239,44 @@ def test_extra_spaces_in_the_request_line_are_normalised_before_forwarding(
     assert reply.status == 200, reply.raw[:300]
     heads = [h for s in (stubs.g1, stubs.g2) for h in s.heads if b"/two-spaces" in h]
     assert heads and heads[-1].startswith(b"GET /two-spaces HTTP/1.1\r\n")
+
+
+H2C_UPGRADES = {
+    "h2c": b"h2c",
+    "h2c in capitals": b"H2C",
+    "h2c after websocket in a list": b"websocket, h2c",
+    "h2 (the TLS token)": b"h2",
+}
+
+
+@pytest.mark.parametrize("token", H2C_UPGRADES.values(), ids=H2C_UPGRADES.keys())
+def test_h2c_smuggling_an_h2c_upgrade_is_never_tunnelled(
+    lb: Serve, stubs: Stubs, token: bytes
+) -> None:
+    """h2c smuggling (the class of CVE-2021-21295 and of Bishop Fox's 2020 write-up): a server
+    that accepts ``Upgrade: h2c`` through a proxy gets an HTTP/2 connection whose requests no rule
+    sees. The request is answered over HTTP/1.1, the server never sees Upgrade, the connection
+    closes; the HTTP/2 preface sent after it goes nowhere."""
+    before = len(stubs.bad.heads)
+    reply = exchange(
+        lb.port,
+        b"GET /switch HTTP/1.1\r\nHost: bad.example.com\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: " + token + b"\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    )
+    assert reply.status == 200 and reply.closed, reply.raw[:300]
+    assert b"tunnelled" not in reply.raw
+    heads = stubs.bad.heads[before:]
+    assert len(heads) == 1
+    assert b"upgrade" not in heads[0].lower() and b"http2-settings" not in heads[0].lower()
+
+
+def test_a_websocket_upgrade_is_still_tunnelled(lb: Serve, stubs: Stubs) -> None:
+    reply = exchange(
+        lb.port,
+        b"GET /switch HTTP/1.1\r\nHost: bad.example.com\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nhello",
+        wait=1.0,
+    )
+    assert reply.status == 101 and b"tunnelled" in reply.raw, reply.raw[:300]

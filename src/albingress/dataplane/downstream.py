@@ -336,6 +336,8 @@ class ClientConnection(asyncio.Protocol):
         """The parser saw an Upgrade request; what follows belongs to the tunnel."""
         self.stopped = True
         ex = self.queue[-1] if self.queue else self.current
+        if ex is not None and ex.h2c_dropped:
+            return  # answered over HTTP/1.1, then closed: nothing after it is read
         if ex is None or not ex.upgrade:
             self._reject(400, "unexpected protocol switch")
             return

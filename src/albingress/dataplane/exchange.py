@@ -47,6 +47,7 @@ class Exchange:
     version_10 = False
     keep_alive = True
     upgrade = b""  # the Upgrade header when the request asks to switch protocols
+    h2c_dropped = False  # it asked for h2c: answered over HTTP/1.1 instead, then closed
     chunked = False  # the request body is chunked (re-chunked upstream)
     plain = False  # the response may be relayed byte for byte (see wire.plain_response)
     rule: Rule | None = None

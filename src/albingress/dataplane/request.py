@@ -7,6 +7,9 @@ Transfer-Encoding, duplicate Content-Length, bad chunk sizes, obs-fold, bare LF)
 * RFC 9112 section 3.2 -- an HTTP/1.1 request needs exactly one Host header;
 * RFC 9112 section 6.1 -- Transfer-Encoding in an HTTP/1.0 request is refused;
 * RFC 9110 section 9.3.6 -- CONNECT is not proxied (405);
+* h2c smuggling -- ``Upgrade: h2c`` is never passed on: an HTTP/2 tunnel to a server would carry
+  requests no rule has seen. The request is forwarded as a plain HTTP/1.1 one (RFC 9110 7.8 lets
+  a server ignore Upgrade) and the connection closed after its answer;
 * the request line and headers together above ``max_header_bytes`` (or more than
   ``max_headers`` fields): 431 (counted by the client connection).
 
@@ -70,6 +73,7 @@ _NOT_SIMPLE = re.compile(
     rb"|upgrade|content-length|cookie|expect)[ \t]*:)"
 )
 _NO_HEADERS: list[tuple[bytes, bytes]] = []  # never modified
+_HTTP2 = frozenset({b"h2c", b"h2"})  # upgrade tokens never tunnelled (h2c smuggling)
 
 
 class RequestValidator:
@@ -174,7 +178,11 @@ def parse_head(
         out.append((b"Host", authority))
     ex.keep_alive = parser.should_keep_alive()
     if parser.should_upgrade() and upgrade:
-        ex.upgrade = upgrade
+        if _HTTP2 & {t.strip().lower().partition(b"/")[0] for t in upgrade.split(b",")}:
+            ex.h2c_dropped = True
+            ex.keep_alive = False
+        else:
+            ex.upgrade = upgrade
     return ex
 
 
