@@ -253,8 +253,8 @@ H2C_UPGRADES = {
 def test_h2c_smuggling_an_h2c_upgrade_is_never_tunnelled(
     lb: Serve, stubs: Stubs, token: bytes
 ) -> None:
-    """h2c smuggling (the class of CVE-2021-21295 and of Bishop Fox's 2020 write-up): a server
-    that accepts ``Upgrade: h2c`` through a proxy gets an HTTP/2 connection whose requests no rule
+    """h2c smuggling (CWE-444 class; Bishop Fox's 2020 "h2c Smuggling" write-up): a server that
+    accepts ``Upgrade: h2c`` through a proxy gets an HTTP/2 connection whose requests no rule
     sees. The request is answered over HTTP/1.1, the server never sees Upgrade, the connection
     closes; the HTTP/2 preface sent after it goes nowhere."""
     before = len(stubs.bad.heads)
