@@ -7,8 +7,9 @@ Then the final action: ForwardGroup hands the request to the balancer (:func:`fo
 server is picked and the request sent to it over a pooled or a new connection; a refused
 connect is retried on another server), Redirect and FixedResponse are answered here. What each
 action computes lives in :mod:`.actions`; this module only applies it to an exchange.
-:func:`forward_again` is ``forward`` for a request its client connection remembers (see
-``request.RequestMemo``), the hot path.
+:func:`forward_again` is ``forward`` for a fast-lane request (bodyless, nothing to rewrite, no
+cookie), first seen or remembered by its client connection (see ``request.RequestMemo``): the
+hot path.
 """
 
 from __future__ import annotations
@@ -92,10 +93,18 @@ def start_simple(ex: Exchange) -> bool:
         ex.raw_headers,
         client.client_ip,
     )
-    if rule is None or len(rule.actions) != 1 or type(rule.actions[0]) is not ForwardAction:
+    if rule is None or len(rule.actions) != 1:
+        return False
+    action = rule.actions[0]
+    if type(action) is not ForwardAction:
         return False
     ex.rule = rule
-    ex.forward()
+    # forward(), for a request without cookie and not retried: the pick context of this
+    # connection's last request serves again when the path and query are the same
+    pctx = client.last_pick_context
+    if pctx is None or pctx.path != ex.path or pctx.query != ex.query or pctx.sticky_cookie:
+        pctx = client.last_pick_context = PickContext(client.client_ip, ex.path, ex.query, None)
+    forward_again(ex, action, pctx)
     return True
 
 
@@ -194,9 +203,10 @@ def forward(ex: Exchange) -> None:
 
 
 def forward_again(ex: Exchange, action: ForwardAction, pctx: PickContext) -> None:
-    """``forward`` for a fast-lane request remembered by its client connection (see
-    ``request.RequestMemo``): the rule's action and the pick context are known, and the
-    head for the server is ready; the usual case, a pooled connection, is written here."""
+    """``forward`` for a fast-lane request (see ``start_simple``; again for one remembered by
+    its client connection, ``request.RequestMemo``): the rule's action and the pick context are
+    known, and the head for the server is ready; the usual case, a pooled connection, is
+    written here, any other goes through ``Exchange.attach``."""
     client = ex.client
     ctx = client.ctx
     rule = ex.rule
