@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.harness import Serve
 from tests.reliability.conftest import Stubs
+from tests.reliability.load import children
 from tests.reliability.stubs import exchange, read_reply, request, status_of
 
 pytestmark = pytest.mark.e2e
@@ -195,3 +196,38 @@ def test_a_flood_of_idle_connections_hits_the_cap_with_a_clear_503(capped: Serve
                 s.close()
     time.sleep(0.3)
     assert capped.get("r.example.com", "/")[0] == 200
+
+
+def _workers_rss(serve: Serve) -> int:
+    assert serve.proc is not None
+    total = 0
+    for pid in children(serve.proc.pid):
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    return total
+
+
+@pytest.mark.parametrize("host", [b"nothing.example.net", b"r.example.com"], ids=["404", "proxied"])
+def test_a_client_pipelining_without_reading_is_stopped_with_bounded_memory(
+    lb: Serve, host: bytes
+) -> None:
+    """CWE-400: requests pipelined for 4 s by a client that never reads its answers. The proxy
+    stops reading from it once answers pile up (the client's send blocks), so what it takes in,
+    and its memory, stay bounded."""
+    before = _workers_rss(lb)
+    req = b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    sent = 0
+    with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as s:
+        s.setblocking(False)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(req * 1000)
+            except BlockingIOError:
+                time.sleep(0.02)
+        grown = _workers_rss(lb) - before
+    print(f"pipelining without reading ({host.decode()}): {sent / 1e6:.1f} MB taken, "
+          f"workers grew {grown / 2**20:.1f} MiB")  # fmt: skip
+    assert sent < 40_000_000
+    assert grown < 64 * 2**20
+    assert lb.get("r.example.com", "/")[0] == 200
