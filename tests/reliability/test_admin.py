@@ -255,3 +255,13 @@ def test_a_full_state_database_is_refused_clearly_and_traffic_goes_on(
         assert groups.body.total_count >= created
     finally:
         assert serve.stop() == 0, serve.log.read_text()[-2000:]
+
+
+def test_the_admin_address_is_loopback_by_default() -> None:
+    from albingress.cli import build_parser
+    from albingress.flags import balancer_options
+
+    for command in (["serve", "--manifests", "."], ["controller"]):
+        args = build_parser().parse_args(command)
+        host = balancer_options(args).admin[0]
+        assert host == "127.0.0.1", (command, host)
