@@ -33,7 +33,7 @@ from albingress.dataplane.balancer import PickContext
 from albingress.dataplane.context import WorkerContext
 from albingress.dataplane.dispatch import forward_again
 from albingress.dataplane.exchange import Exchange
-from albingress.dataplane.flow import PEER_FULL, QUEUED, TUNNEL_PEER_FULL, FlowControl
+from albingress.dataplane.flow import OWN_FULL, PEER_FULL, QUEUED, TUNNEL_PEER_FULL, FlowControl
 from albingress.dataplane.request import (
     RequestMemo,
     RequestRejected,
@@ -179,6 +179,10 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.flow.write_paused = True
+        if self.parsing is None and not self.stopped:
+            # between requests (never in a body, which the client may have to finish before it
+            # reads, nor in a tunnel): read no more requests until the client reads its answers
+            self.flow.pause(OWN_FULL)
         ex = self.current
         conn = ex.upstream if ex is not None else None
         if conn is not None and conn.flow is not None:
@@ -186,6 +190,8 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.flow.write_paused = False
+        if self.flow.reasons & OWN_FULL:
+            self.flow.resume(OWN_FULL)
         ex = self.current
         conn = ex.upstream if ex is not None else None
         if conn is not None and conn.flow is not None:

@@ -15,6 +15,8 @@ PEER_FULL = 1  # the peer's write buffer is above its high-water mark
 QUEUED = 2  # pipelined requests wait behind the one in flight
 BUFFERING = 4  # a request body is held while no server is attached yet
 TUNNEL_PEER_FULL = 8  # an upgraded connection's peer is full
+OWN_FULL = 16  # this connection's own write buffer is full: a client that does not read its
+# answers gets no more requests read (answers the proxy makes itself would pile up otherwise)
 
 
 class FlowControl:
