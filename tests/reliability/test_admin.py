@@ -51,7 +51,6 @@ def admin_request(
 def own(tmp_path: Path, stubs: Stubs) -> Iterator[Serve]:
     """A serve of its own (its state file is locked by one test), admin on 127.0.0.2."""
     serve = Serve(tmp_path, workers=1)
-    serve.extra = ("--admin", f"127.0.0.2:{serve.admin}")
     try:
         for name, text in stubs.manifests.items():
             serve.write(name, text)
