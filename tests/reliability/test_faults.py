@@ -168,6 +168,21 @@ def test_a_hanging_server_times_out_then_leaves_rotation(rig_factory) -> None:  
     assert len(rig.a1.heads) == before
 
 
+def test_a_hanging_server_without_health_checks_leaves_rotation_after_one_timeout(
+    rig_factory,
+) -> None:  # type: ignore[no-untyped-def]
+    """No active checks: the passive check ejects the server at its first response timeout."""
+    rig = rig_factory(checked=False)
+    wait_until(lambda: rig.serve.get("f.example.com", "/")[0] == 200, 10, "traffic")
+    rig.a1.mode = "hang"
+    codes = [rig.serve.get("f.example.com", f"/{i}")[0] for i in range(8)]
+    before = len(rig.a1.heads)
+    after = [rig.serve.get("f.example.com", f"/after/{i}")[0] for i in range(20)]
+    print(f"hanging server, passive check only: {codes} then {set(after)}")
+    assert codes.count(504) <= 2  # one per worker at most
+    assert set(after) == {200} and len(rig.a1.heads) == before
+
+
 def test_a_whole_group_down_moves_its_share_then_503_when_none_is_left(rig_factory) -> None:  # type: ignore[no-untyped-def]
     rig = rig_factory(checked=True)
     wait_until(lambda: rig.serve.get("f.example.com", "/")[0] == 200, 10, "traffic")

@@ -6,9 +6,11 @@ actions (:mod:`.dispatch`); a ForwardGroup picks a server through the balancer
 (``dispatch.forward``) and :meth:`Exchange.attach` sends the request over a pooled or new
 connection. Response heads are built by :mod:`.response`.
 
-Failure handling: a connection that cannot be opened is reported (``report_failure``) and the
-request goes to another server (``PickContext.exclude``), up to ``settings.max_retries`` more
-times, as long as nothing of it was sent. A pooled connection that closes before answering an
+Failure handling: a connection that cannot be opened is reported (``report_failure``: the server
+is ejected for a while) and the request goes to another server (``PickContext.exclude``), up to
+``settings.max_retries`` more times, as long as nothing of it was sent. A server that does not
+answer within ``settings.response_timeout`` is reported too (504; the request was sent, so it is
+not retried). A pooled connection that closes before answering an
 idempotent request without a body is retried the same way (the server closed an idle
 connection; nothing is reported). Every pick is ``acquire``-d and ``release``-d exactly once.
 
@@ -337,6 +339,8 @@ class Exchange:
         if now - conn.sent_at > timeout:
             self.upstream = None
             conn.abort()
+            # a server that hangs leaves rotation like one that refuses (passive check)
+            self.client.ctx.balancer.report_failure(conn.key)
             self.fail(504, f"no response from {conn.key} within {timeout:g} s")
 
     def client_lost(self) -> None:
