@@ -267,3 +267,14 @@ def _shape():
     from albingress.dataplane.request import RequestShape
 
     return RequestShape("GET", b"/", "/", "", b"h", b"GET / HTTP/1.1\r\nHost: h\r\n")
+
+
+@aio
+async def test_a_long_request_is_forwarded_but_not_remembered():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    long = GET[:-2] + b"X-Pad: " + b"p" * 2100 + b"\r\n\r\n"
+    for _ in range(2):
+        sent, got = await _round(h, client, ct, long, response(b"ok"))
+        assert sent == long[:-2] + FORWARDED and got.endswith(b"ok")
+    assert client.memo is None and not h.ctx.shapes

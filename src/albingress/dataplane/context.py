@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from albingress.dataplane.actions import TrafficLimiter
 from albingress.dataplane.balancer import Balancer
+from albingress.dataplane.request import MEMO_MAX_BYTES
 from albingress.dataplane.routing import RoutingTable
 from albingress.dataplane.settings import ProxySettings
 from albingress.dataplane.upstream import Pool
@@ -33,8 +34,7 @@ log = logging.getLogger("albingress.dataplane")
 
 _HOST_PATH_ONLY = frozenset({"Host", "Path"})  # conditions that depend on host and path only
 _ROUTE_CACHE_SIZE = 10_000
-_SHAPES = 4096  # request shapes kept (WorkerContext.shapes): at most 4096 x 2 KiB of keys
-_SHAPE_MAX_BYTES = 2048
+_SHAPES = 4096  # request shapes kept (WorkerContext.shapes), each at most MEMO_MAX_BYTES long
 
 
 class WorkerContext:
@@ -113,7 +113,7 @@ class WorkerContext:
 
     def remember_shape(self, data: bytes, shape: RequestShape) -> None:
         """Keep ``shape`` for the same bytes from any client (small requests, a bounded set)."""
-        if len(data) > _SHAPE_MAX_BYTES:
+        if len(data) > MEMO_MAX_BYTES:
             return
         shapes = self.shapes
         if len(shapes) >= _SHAPES:

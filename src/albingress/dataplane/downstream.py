@@ -35,6 +35,7 @@ from albingress.dataplane.dispatch import forward_again
 from albingress.dataplane.exchange import Exchange
 from albingress.dataplane.flow import OWN_FULL, PEER_FULL, QUEUED, TUNNEL_PEER_FULL, FlowControl
 from albingress.dataplane.request import (
+    MEMO_MAX_BYTES,
     RequestMemo,
     RequestRejected,
     RequestShape,
@@ -264,7 +265,7 @@ class ClientConnection(asyncio.Protocol):
         self._set_idle(False)
         generation = self.ctx.generation  # of the table start_simple routes by
         if ex.start_simple():
-            self.memo = remember(data, ex, generation)
+            self.memo = remember(data, ex, generation) if len(data) <= MEMO_MAX_BYTES else None
             return True
         self.current = None
         self._set_idle(True)

@@ -186,6 +186,11 @@ def parse_head(
     return ex
 
 
+# Requests longer than this are never remembered (by a connection or by the worker): an idle
+# connection keeps at most about three copies of this many bytes.
+MEMO_MAX_BYTES = 2048
+
+
 @dataclass(frozen=True, slots=True)
 class RequestShape:
     """What the fast lane reads in a request's bytes (llhttp-checked, nothing to rewrite): the
