@@ -278,3 +278,15 @@ async def test_a_long_request_is_forwarded_but_not_remembered():
         sent, got = await _round(h, client, ct, long, response(b"ok"))
         assert sent == long[:-2] + FORWARDED and got.endswith(b"ok")
     assert client.memo is None and not h.ctx.shapes
+
+
+@aio
+async def test_a_long_response_head_is_relayed_but_not_remembered():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct = h.client()
+    padded = NGINX_LIKE.replace(b"Server: nginx", b"Server: " + b"n" * 5000)
+    for body in (b"ab", b"cd"):
+        _, got = await _round(h, client, ct, GET, padded + body)
+        assert got == padded.replace(b"Connection: keep-alive\r\n", b"") + body
+    up, _ = h.upstream()
+    assert up.memo_head == b""

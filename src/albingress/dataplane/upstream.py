@@ -58,6 +58,9 @@ class Exchange(Protocol):
     def tunnel_to_client(self, data: bytes) -> None: ...
 
 
+_MEMO_MAX_HEAD = 4096  # response heads longer than this are not remembered
+
+
 class _Validator:
     """Callbacks of the validating parser: how many messages began, whether one ended."""
 
@@ -202,10 +205,13 @@ class UpstreamConnection(asyncio.Protocol):
             # remember the head: a response that starts with it and has the same length is
             # framed the same way (Content-Length, or none for 204/304), so needs no new check
             end = data.find(b"\r\n\r\n") + 4
-            self.memo_head = data[:end]
-            self.memo_size = len(data)
-            cut = len(data) - len(out)
-            self.memo_out = None if not cut else out[: end - cut]
+            if end <= _MEMO_MAX_HEAD:
+                self.memo_head = data[:end]
+                self.memo_size = len(data)
+                cut = len(data) - len(out)
+                self.memo_out = None if not cut else out[: end - cut]
+            else:  # too large to keep on every pooled connection
+                self.memo_head, self.memo_size, self.memo_out = b"", 0, None
         return out
 
     def _malformed(self, ex: Exchange, reason: str) -> None:
