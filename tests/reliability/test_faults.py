@@ -171,15 +171,16 @@ def test_a_hanging_server_times_out_then_leaves_rotation(rig_factory) -> None:  
 def test_a_hanging_server_without_health_checks_leaves_rotation_after_one_timeout(
     rig_factory,
 ) -> None:  # type: ignore[no-untyped-def]
-    """No active checks: the passive check ejects the server at its first response timeout."""
-    rig = rig_factory(checked=False)
+    """No active checks: the passive check ejects the server at its first response timeout.
+    One worker: each worker ejects on its own first timeout."""
+    rig = rig_factory(checked=False, workers=1)
     wait_until(lambda: rig.serve.get("f.example.com", "/")[0] == 200, 10, "traffic")
     rig.a1.mode = "hang"
     codes = [rig.serve.get("f.example.com", f"/{i}")[0] for i in range(8)]
     before = len(rig.a1.heads)
     after = [rig.serve.get("f.example.com", f"/after/{i}")[0] for i in range(20)]
     print(f"hanging server, passive check only: {codes} then {set(after)}")
-    assert codes.count(504) <= 2  # one per worker at most
+    assert codes.count(504) == 1
     assert set(after) == {200} and len(rig.a1.heads) == before
 
 
@@ -206,7 +207,8 @@ def test_a_whole_group_down_moves_its_share_then_503_when_none_is_left(rig_facto
 
 
 def test_200_config_changes_under_load_fail_no_request(rig_factory) -> None:  # type: ignore[no-untyped-def]
-    rig = rig_factory()
+    # a long response timeout: this test is about reloads, not slow stub servers on busy CPUs
+    rig = rig_factory(extra=("--response-timeout", "10"))
     version = rig.serve.config()["version"]
     started = time.monotonic()
     with Load(rig.serve.port, "f.example.com", threads=4, seconds=90) as load:
@@ -215,7 +217,11 @@ def test_200_config_changes_under_load_fail_no_request(rig_factory) -> None:  # 
             rig.serve.write("groups.yaml", groups_manifest(rig.port, (weight, 100 - weight)))
             version = int(rig.serve.wait_version(version, timeout=10)["version"])
     elapsed = time.monotonic() - started
-    print(f"200 config changes in {elapsed:.1f} s, {load.total} requests, {load.failed()} failed")
+    slowest = max(load.latencies)
+    print(
+        f"200 config changes in {elapsed:.1f} s, {load.total} requests, {load.failed()} failed, "
+        f"slowest {slowest * 1000:.0f} ms"
+    )
     assert load.total > 500
     assert load.failed() == 0, (load.statuses, load.errors[:5])
 
