@@ -25,9 +25,8 @@ from albingress import ir
 from albingress.compile.compiler import CompileOptions, CompileResult, compile_snapshot
 from albingress.sources.files import parse_documents
 from albingress.sources.snapshot import Snapshot
-from tests.fuzz.conftest import FUZZ, Budget
+from tests.fuzz.conftest import FUZZ
 
-BUDGET = Budget()
 # Files are read as UTF-8 (``sources.files.load``): lone surrogates can never reach the parser.
 CHARS = st.characters(blacklist_categories=("Cs",))
 SEEDS = sorted((Path(__file__).parents[1] / "compile" / "testdata").glob("*/in.yaml"))
@@ -167,8 +166,6 @@ def mutated(draw: st.DrawFn) -> str:
 @FUZZ
 @given(text=mutated())
 def test_mutated_manifests_never_raise_and_compile_deterministically(text: str) -> None:
-    if BUDGET.spent():
-        return
     first = compile_text(text)
     check(first)
     second = compile_text(text)
@@ -230,8 +227,6 @@ GOOD_RESULT = compile_text(GOOD, "good.yaml")
 def test_a_broken_ingress_drops_only_its_own_rules(
     annotations: dict[str, str], host: str, path: str
 ) -> None:
-    if BUDGET.spent():
-        return
     objects, problems = parse_documents(GOOD, "good.yaml")
     more, more_problems = parse_documents(fuzzed_ingress(annotations, host, path), "fuzz.yaml")
     result = compile_snapshot(
