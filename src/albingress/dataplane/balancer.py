@@ -15,8 +15,8 @@ When the set of live groups (or servers) changes, its rotation starts afresh: ev
 of ``sum(weights)`` picks then gives each exactly its weight.
 
 A server is *usable* when its weight is above 0, the active health checks do not list it, and the
-passive check has not ejected it (one connect failure takes it out 5 s, doubling on each failure
-in a row up to 60 s). Groups without a usable server are left out, so the others share their
+passive check has not ejected it (one refused or reset connection, or one response timeout,
+takes it out 5 s, doubling on each failure in a row up to 60 s). Groups without a usable server are left out, so the others share their
 traffic in proportion to their weights; when nothing is usable, :meth:`Balancer.pick` returns None
 and the proxy answers 503.
 
@@ -298,7 +298,7 @@ class Balancer:
             st.active -= 1
 
     def report_failure(self, key: str) -> None:
-        """A connect to this server was refused or reset: eject it for a while."""
+        """A connect was refused or reset, or a response timed out: eject it for a while."""
         st = self._servers.get(key)
         if st is None:
             return
