@@ -23,6 +23,29 @@ from typing import Any
 ROOT = Path(__file__).parents[2]
 
 
+def service(name: str, *addresses: str, port: int = 8080) -> str:
+    """A Service (port 80 -> ``port``) and an EndpointSlice of ready ``addresses``, as YAML."""
+    endpoints = "\n".join(
+        f'  - addresses: ["{a}"]\n    conditions: {{ready: true}}' for a in addresses
+    )
+    return f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-x
+  labels: {{kubernetes.io/service-name: {name}}}
+ports: [{{name: http, port: {port}}}]
+endpoints:
+{endpoints}
+---
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

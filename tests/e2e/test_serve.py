@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Serve, running, wait_until
+from tests.e2e.harness import Serve, running, service, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,28 +28,6 @@ SERVERS = {
     "ext-1": ("127.0.5.4", PORT),
     "ext-2": ("127.0.5.5", PORT),
 }
-
-
-def service(name: str, *addresses: str) -> str:
-    endpoints = "\n".join(
-        f'  - addresses: ["{a}"]\n    conditions: {{ready: true}}' for a in addresses
-    )
-    return f"""\
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}}}
-spec: {{ports: [{{name: http, port: 80, targetPort: {PORT}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-x
-  labels: {{kubernetes.io/service-name: {name}}}
-ports: [{{name: http, port: {PORT}}}]
-endpoints:
-{endpoints}
----
-"""
 
 
 BASE = {

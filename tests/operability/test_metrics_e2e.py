@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Serve, wait_until
+from tests.e2e.harness import Serve, service, wait_until
 from tests.e2e.test_serve import forward, ingress
 from tests.operability.helpers import RecordingBackends, parse_prometheus, select, total
 
@@ -30,27 +30,6 @@ BACKENDS = {
 }
 W_RULE = "default/weights/rules/0/paths/0"
 DEAD_RULE = "default/dead/rules/0/paths/0"
-
-
-def _service(name: str, *addresses: str) -> str:
-    endpoints = "\n".join(
-        f'  - addresses: ["{a}"]\n    conditions: {{ready: true}}' for a in addresses
-    )
-    return f"""\
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}}}
-spec: {{ports: [{{name: http, port: 80, targetPort: {PORT}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-x
-  labels: {{kubernetes.io/service-name: {name}}}
-ports: [{{name: http, port: {PORT}}}]
-endpoints:
-{endpoints}
-"""
 
 
 def _group(name: str, gid: str, *addresses: str) -> str:
@@ -91,7 +70,7 @@ def backends() -> Iterator[RecordingBackends]:
 
 def _start(workdir: Path, *extra: str, workers: int = 2) -> Serve:
     serve = Serve(workdir, workers=workers, extra=extra)
-    serve.write("services.yaml", _service("svc-a", "127.0.31.1", "127.0.31.2"))
+    serve.write("services.yaml", service("svc-a", "127.0.31.1", "127.0.31.2", port=PORT))
     serve.write("ext.yaml", _group("opext", "sgp-opext", "127.0.31.3"))
     serve.write("dead.yaml", _group("opdead", "sgp-opdead", "127.0.31.8", "127.0.31.9"))
     serve.write("weights.yaml", WEIGHTS)
@@ -358,7 +337,7 @@ def test_scrape_with_thousands_of_rules_answers_within_a_second(
     tmp_path: Path, backends: RecordingBackends
 ) -> None:
     serve = Serve(tmp_path, workers=2, extra=("--access-log", "off"))
-    serve.write("services.yaml", _service("svc-a", "127.0.31.1", "127.0.31.2"))
+    serve.write("services.yaml", service("svc-a", "127.0.31.1", "127.0.31.2", port=PORT))
     serve.write("many.yaml", _many_rules(3000))
     serve.start()
     try:

@@ -14,30 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Serve
+from tests.e2e.harness import Serve, service
 from tests.reliability.stubs import StubServer
-
-
-def service(name: str, *addresses: str, port: int) -> str:
-    endpoints = "\n".join(
-        f'  - addresses: ["{a}"]\n    conditions: {{ready: true}}' for a in addresses
-    )
-    return f"""\
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}}}
-spec: {{ports: [{{name: http, port: 80, targetPort: {port}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-x
-  labels: {{kubernetes.io/service-name: {name}}}
-ports: [{{name: http, port: {port}}}]
-endpoints:
-{endpoints}
----
-"""
 
 
 def ingress(name: str, host: str, svc: str) -> str:
