@@ -94,7 +94,41 @@ class Backends:
                 self.proc.wait()
 
 
-class Serve:
+class AdminProcess:
+    """A load-balancer process (``serve`` or ``controller``) and its admin API on loopback."""
+
+    proc: subprocess.Popen[bytes] | None
+    admin: int
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def admin_get(self, path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def config(self) -> dict[str, Any]:
+        status, body = self.admin_get("/api/v1/config")
+        assert status == 200, body
+        data: dict[str, Any] = json.loads(body)
+        return data
+
+
+class Serve(AdminProcess):
     """``albingress serve`` on a scratch manifests directory, with free loopback ports."""
 
     def __init__(self, workdir: Path, workers: int = 2, extra: tuple[str, ...] = ()) -> None:
@@ -125,33 +159,6 @@ class Serve:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_until(lambda: self.admin_get("/healthz")[0] == 200, 30, "serve to be healthy")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def admin_get(self, path: str) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=5)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
-
-    def config(self) -> dict[str, Any]:
-        status, body = self.admin_get("/api/v1/config")
-        assert status == 200
-        data: dict[str, Any] = json.loads(body)
-        return data
 
     def wait_version(self, after: int, timeout: float = 10) -> dict[str, Any]:
         result: dict[str, Any] = {}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import ROOT, free_port, wait_until
+from tests.e2e.harness import ROOT, AdminProcess, free_port, wait_until
 
 CONTROLLER = "ingress.k8s.alibabacloud/alb"
 
@@ -115,7 +115,7 @@ def ingress(
     }
 
 
-class Controller:
+class Controller(AdminProcess):
     """``albingress controller`` against the emulator, on free loopback ports."""
 
     def __init__(
@@ -176,31 +176,7 @@ class Controller:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def admin_get(self, path: str) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=5)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
-
-    def config(self) -> dict[str, Any]:
-        status, body = self.admin_get("/api/v1/config")
-        assert status == 200, body
-        data: dict[str, Any] = json.loads(body)
-        return data
+        return super().stop(sig, timeout)
 
     def info(self) -> dict[str, Any]:
         status, body = self.admin_get("/api/v1/kubernetes")
