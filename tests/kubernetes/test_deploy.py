@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import pytest
 import yaml
 
@@ -176,18 +177,104 @@ def test_the_crd_schema_refuses_bad_groups(spec: dict[str, Any], field: str) -> 
     assert any(field in p for p in found), found
 
 
-def test_the_chart_renders_the_same_objects() -> None:
+# Labels Helm charts add by convention; the plain manifests have no release to name.
+RELEASE_LABELS = ("app.kubernetes.io/instance", "app.kubernetes.io/version", "helm.sh/chart")
+
+
+def without_release_labels(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: without_release_labels(v)
+            for k, v in value.items()
+            if k not in RELEASE_LABELS and not (k == "annotations" and v == {})
+        }
+    if isinstance(value, list):
+        return [without_release_labels(v) for v in value]
+    return value
+
+
+def render(values: dict[str, Any] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """The chart rendered by Helm's own engine (Helm's Go SDK, bound from Python), by kind/name."""
+    chart = helm_python.Chart.load(CHART)
+    out = chart.render(values, name="albingress", namespace="albingress", is_install=True)
+    objects: dict[tuple[str, str], dict[str, Any]] = {}
+    for text in out.values():
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                key = (doc["kind"], doc["metadata"]["name"])
+                assert key not in objects, f"{key} rendered twice"
+                objects[key] = doc
+    return objects
+
+
+def by_key(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_the_chart_renders_the_same_objects_as_the_plain_manifests() -> None:
     assert (CHART / "crds" / "servergroups.yaml").read_text() == (
         PLAIN / "crd-servergroups.yaml"
     ).read_text()
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    for key in ("replicaCount", "resources", "metrics", "webhook"):
-        assert key in values
-    templates = "\n".join(p.read_text() for p in (CHART / "templates").glob("*.yaml"))
-    chart_kinds = set(re.findall(r"^kind: (\w+)", templates, re.M))
-    plain_kinds = {d["kind"] for d in plain()} - {"Namespace", "CustomResourceDefinition"}
-    assert plain_kinds <= chart_kinds
-    plain_args = next(d for d in of_kind("Deployment") if d["metadata"]["name"] == "albingress")
-    for arg in plain_args["spec"]["template"]["spec"]["containers"][0]["args"]:
-        flag = arg.split("=", 1)[0]
-        assert flag in templates, flag
+    expected = {
+        key: doc
+        for key, doc in by_key(plain()).items()
+        if key[0] not in ("Namespace", "CustomResourceDefinition")  # helm --create-namespace, crds/
+    }
+    rendered = render()
+    assert sorted(rendered) == sorted(expected)
+    for key, doc in rendered.items():
+        assert without_release_labels(doc) == without_release_labels(expected[key]), key
+
+
+def test_the_chart_lints_clean() -> None:
+    report = helm_python.lint(CHART, strict=True, kube_version="v1.30.0")
+    assert report["errors"] == []
+    severities = {m["severity"] for m in report["messages"]}
+    assert severities <= {1}, report["messages"]  # info only (no icon), no warnings or errors
+
+
+def test_the_chart_values_change_what_they_say() -> None:
+    rendered = render(
+        {
+            "replicaCount": 3,
+            "workers": 4,
+            "ingressClass": {"name": "edge", "default": True},
+            "controller": {
+                "namespaces": ["shop", "blog"],
+                "publishService": False,
+                "publishAddress": ["lb.example.internal"],
+            },
+            "resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+            "metrics": {"enabled": False, "serviceMonitor": {"enabled": True}},
+            "webhook": {"enabled": False},
+        }
+    )
+    deployment = rendered[("Deployment", "albingress")]
+    assert deployment["spec"]["replicas"] == 3
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    args = build_parser().parse_args(container["args"])
+    assert args.workers == 4
+    assert args.ingress_class == "edge"
+    assert args.namespace == ["shop", "blog"]
+    assert not args.publish_service
+    assert args.publish_address == ["lb.example.internal"]
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "1Gi"}
+    assert "prometheus.io/scrape" not in pod["metadata"].get("annotations", {})
+    assert ("ServiceMonitor", "albingress") not in rendered  # metrics off wins
+    ingress_class = rendered[("IngressClass", "edge")]
+    annotations = ingress_class["metadata"]["annotations"]
+    assert annotations["ingressclass.kubernetes.io/is-default-class"] == "true"
+    assert not [key for key in rendered if "webhook" in key[1] or "Webhook" in key[0]]
+
+
+def test_the_chart_renders_a_service_monitor_for_the_admin_port() -> None:
+    rendered = render({"metrics": {"serviceMonitor": {"enabled": True, "interval": "15s"}}})
+    monitor = rendered[("ServiceMonitor", "albingress")]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "admin", "path": "/metrics", "interval": "15s"}
+    ]
+    admin = rendered[("Service", "albingress-admin")]
+    assert [p["name"] for p in admin["spec"]["ports"]] == ["admin"]
+    selector = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selector <= admin["metadata"]["labels"].items()  # the monitor selects that Service
