@@ -266,7 +266,7 @@ async def test_only_small_requests_the_fast_lane_took_are_kept_and_the_set_is_bo
 def _shape():
     from albingress.dataplane.request import RequestShape
 
-    return RequestShape("GET", b"/", "/", "", b"h", b"GET / HTTP/1.1\r\nHost: h\r\n")
+    return RequestShape("GET", b"/", "/", "", b"h", b"GET / HTTP/1.1\r\nHost: h\r\n", "")
 
 
 @aio

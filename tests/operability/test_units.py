@@ -15,7 +15,7 @@ from albingress import ir
 from albingress.api import page
 from albingress.api.metrics import ConfigState, MetricsView
 from albingress.api.server import AdminRequest, AdminResponse
-from albingress.dataplane import accesslog, logwriter
+from albingress.dataplane import accesslog
 from albingress.dataplane.accesslog import AccessLog, parse_destination
 from albingress.dataplane.metrics import BUCKETS, WorkerMetrics, merge
 from tests.operability.helpers import parse_prometheus, select, total
@@ -53,7 +53,7 @@ def _exchange(rule: ir.Rule | None, status: int, **kw: Any) -> SimpleNamespace:
         "client": client, "rule": rule, "status": status, "upstream_status": status, "started": 0.0,
         "sent_at": 0.001, "attempts": 1, "reason": "", "method": "GET", "host": b"h0.example.com",
         "path": "/p", "query": "", "target": b"/p", "raw_head": None, "raw_headers": [(b"Host", b"h")],
-        "body_in": 0, "bytes_out": 10, "request_id": "", "rid_line": b"",
+        "body_in": 0, "bytes_out": 10, "request_id": None, "rid_line": b"",
     }  # fmt: skip
     fields.update(kw)
     return SimpleNamespace(**fields)
@@ -200,18 +200,24 @@ def _parse_time(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def test_format_lines_time_and_ids() -> None:
-    values = [
-        0.25, "127.0.0.1", 80, "GET", b"h", "/", "", 200, 200, "r", "ns/i", "g", "127.0.31.1:80",
-        0.001, 0.0005, 10, 20, 2, b"X-Request-Id: abc\r\n",
-    ]  # fmt: skip
-    assert len(values) == logwriter.FIELDS
-    data, count = logwriter.format_lines(1764138000.0, "pp", values + values[:-1] + [7])
-    first, second = (json.loads(x) for x in data.decode().splitlines())
-    assert count == 2
-    assert first["time"] == "2025-11-26T06:20:00.250Z"
-    assert first["request_id"] == "abc" and second["request_id"] == "pp7"
-    assert first["retries"] == 1 and first["upstream_duration"] == 0.0005
+def test_line_time_durations_retries_and_ids(tmp_path: Any) -> None:
+    path = tmp_path / "a.log"
+    log = AccessLog(path=str(path), prefix="pp")
+    log._offset = 1764138000.0  # wall clock at monotonic 0
+    log.record(_log_exchange(attempts=2, request_id="abc"), None, 200, 0.0012345678, 0.0005, 0.25)
+    log.record(_log_exchange(upstream_status=0, attempts=0), None, 502, 2.5, -1.0, 1.9996)
+    log.flush()
+    first, second = (json.loads(x) for x in path.read_text().splitlines())
+    assert (
+        first["time"] == "2025-11-26T06:20:00.250Z" and second["time"] == "2025-11-26T06:20:01.999Z"
+    )
+    assert first["duration"] == 0.001234 and first["upstream_duration"] == 0.0005
+    assert second["duration"] == 2.5 and second["upstream_duration"] is None
+    assert first["retries"] == 1 and second["retries"] == 0
+    assert first["request_id"] == "abc" and second["request_id"] == "pp1"
+    assert second["upstream_status"] is None
+    assert list(first) == list(accesslog.Line.__struct_fields__)
+    log.close()
 
 
 def test_request_id_header_forwarded_only_when_generated() -> None:
@@ -220,13 +226,16 @@ def test_request_id_header_forwarded_only_when_generated() -> None:
     assert log.request_id(given) == b"" and given.request_id == "abc"
     fresh = _log_exchange()
     assert log.request_id(fresh) == b"X-Request-Id: " + b"q" * 16 + b"1\r\n"
-    assert log.request_id(_log_exchange()) == b"X-Request-Id: " + b"q" * 16 + b"2\r\n"
+    assert fresh.request_id == "q" * 16 + "1"
+    looked = _log_exchange(request_id="", raw_headers=[(b"X-Request-Id", b"ignored")])
+    assert log.request_id(looked) == b"X-Request-Id: " + b"q" * 16 + b"2\r\n"  # "": none sent
+    log.close()
 
 
 def test_pipe_writes_are_whole_lines_within_pipe_buf(monkeypatch: pytest.MonkeyPatch) -> None:
     read_fd, write_fd = os.pipe()
     try:
-        sink = logwriter.Sink(fd=write_fd)
+        sink = accesslog.Sink(fd=write_fd)
         chunks: list[bytes] = []
         real_write = os.write
 
@@ -237,11 +246,11 @@ def test_pipe_writes_are_whole_lines_within_pipe_buf(monkeypatch: pytest.MonkeyP
         lines = [json.dumps({"n": i, "pad": "x" * (i % 300)}) + "\n" for i in range(200)]
         data = "".join(lines).encode()
         assert len(data) < 65536  # fits the pipe: no reader needed
-        monkeypatch.setattr(logwriter.os, "write", spy)
+        monkeypatch.setattr(accesslog.os, "write", spy)
         sink.write((data, len(lines)))
         monkeypatch.undo()
         assert len(chunks) > 1
-        assert all(len(c) <= logwriter.PIPE_BUF and c.endswith(b"\n") for c in chunks)
+        assert all(len(c) <= accesslog.PIPE_BUF and c.endswith(b"\n") for c in chunks)
         assert os.read(read_fd, 1 << 20) == data
         assert sink.lines == 200
     finally:
@@ -252,7 +261,7 @@ def test_pipe_writes_are_whole_lines_within_pipe_buf(monkeypatch: pytest.MonkeyP
 def test_write_failure_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     read_fd, write_fd = os.pipe()
     os.close(read_fd)  # nobody will ever read: EPIPE
-    sink = logwriter.Sink(fd=write_fd)
+    sink = accesslog.Sink(fd=write_fd)
     sink.write((b"{}\n", 1))
     assert sink.failures == 1 and sink.dropped == 1 and "cannot write" in sink.error
     assert "serving goes on" in caplog.text
@@ -309,66 +318,30 @@ def test_root_serves_page_or_openapi(method: str, query: str, who: str) -> None:
     assert (b"<html" in resp.body) == (who == "page")
 
 
-def test_log_process_formats_frames_and_reports_counts(tmp_path: Any) -> None:
-    import marshal
-    import subprocess
-    import sys
-
-    target = tmp_path / "out.log"
-    values = [
-        1.0, "127.0.0.1", 80, "GET", b"h", "/x", "", 200, 200, "r", "ns/i", "g", "s:1",
-        0.001, 0.0005, 10, 20, 1, 5,
-    ]  # fmt: skip
-    frame = marshal.dumps((1764138000.0, values * 3))
-    proc = subprocess.run(
-        [sys.executable, "-m", "albingress.dataplane.logwriter", "--path", str(target),
-         "--prefix", "ab"],
-        input=logwriter.FRAME.pack(len(frame)) + frame + b"\x00\x00",  # a cut frame: ignored
-        capture_output=True, timeout=30, check=True,
-    )  # fmt: skip
-    lines = [json.loads(x) for x in target.read_text().splitlines()]
-    assert [x["request_id"] for x in lines] == ["ab5"] * 3
-    assert json.loads(proc.stdout.splitlines()[-1]) == {
-        "lines": 3,
-        "dropped": 0,
-        "failures": 0,
-        "error": "",
-    }
-
-
-def test_log_process_gone_is_counted_and_started_again(
+def test_the_writer_thread_writes_every_batch_and_survives_a_failing_destination(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = tmp_path / "a.log"
-    monkeypatch.setattr(accesslog, "REOPEN_DELAY", 0.0)
+    target = tmp_path / "later" / "a.log"
+    monkeypatch.setattr(accesslog, "REOPEN_DELAY", 0.2)
 
     async def scenario() -> dict[str, Any]:
         log = AccessLog(path=str(target))
         log.start(asyncio.get_running_loop())
-        log.record(_log_exchange(path="/one"), None, 200, 0.1, -1.0, 1.0)
-        log.flush()
-        for _ in range(200):
-            await asyncio.sleep(0.02)
-            if target.exists() and target.read_text().count("\n") == 1:
-                break
-        assert log._proc is not None
-        first = log._proc
-        first.kill()
-        first.wait()
         log.record(_log_exchange(path="/lost"), None, 200, 0.1, -1.0, 1.0)
-        log.flush()  # the writer finds the process gone and starts another one
-        for _ in range(200):
+        log.flush()  # the directory is missing: dropped, reported
+        for _ in range(100):
             await asyncio.sleep(0.02)
-            if log._proc is not first:
+            if log.stats()["failures"]:
                 break
-        log.record(_log_exchange(path="/two"), None, 200, 0.1, -1.0, 1.0)
-        log.flush()
-        await asyncio.sleep(0.1)
+        target.parent.mkdir()
+        await asyncio.sleep(0.3)  # past the reopen delay
+        for n in range(3000):  # more than one batch, flushed by size and by the timer
+            log.record(_log_exchange(path=f"/{n}"), None, 200, 0.1, -1.0, 1.0)
+        await asyncio.sleep(0.3)
         log.close()
-        return log.stats() | {"restarted": log._proc is not first}
+        return log.stats()
 
     stats = asyncio.run(scenario())
     paths = [json.loads(x)["path"] for x in target.read_text().splitlines()]
-    assert paths[0] == "/one" and paths[-1] == "/two"
-    assert stats["restarted"]
-    assert len(paths) + stats["dropped"] == 3
+    assert paths == [f"/{n}" for n in range(3000)]
+    assert stats == {"lines": 3000, "dropped": 1, "failures": 1, "error": ""}

@@ -1,4 +1,4 @@
-"""The access log: one JSON line per request, formatted and written outside the worker's loop.
+"""The access log: one JSON line per request, encoded in C and written by a thread.
 
 Where the lines go (``--access-log``): ``-`` (the default) is the supervisor's standard output,
 ``off`` writes nothing, anything else is a file path. A worker's own stdout is the control
@@ -6,47 +6,50 @@ channel to the supervisor, so for ``-`` the supervisor hands every worker a dupl
 standard output (an inherited descriptor, ``--access-log-fd``); a file is opened with
 ``O_APPEND`` (several workers append whole lines to one file).
 
-The work is split so that serving pays as little as possible (measured in
-``bench/observability_bench.py``):
+What serving pays, per request (measured in ``bench/observability_bench.py`` and
+``bench/hotpath_bench.py``):
 
-1. in the worker's hot path, :meth:`AccessLog.record` appends the request's plain values to one
-   flat list (no object per request for the garbage collector);
-2. every 100 ms (or at 4,096 records) the batch is ``marshal``-ed and handed to a writer thread,
-   which sends it as a length-prefixed frame to the worker's log process;
-3. the log process (:mod:`.logwriter`, one per worker, started by the worker) formats the JSON
-   lines and writes them. It runs on another core: a thread would hold the worker's GIL.
+1. :meth:`AccessLog.record` builds one :class:`Line` (a ``msgspec`` struct: a C object that the
+   garbage collector does not track) from the request's values; the time text is made once per
+   millisecond, host and server labels are remembered;
+2. every 100 ms (or at 512 lines) the batch is encoded to JSON lines in one C call
+   (``msgspec.json.Encoder.encode_lines``, about 0.2 us a line) and handed to a writer thread;
+3. the writer thread writes it (the system call releases the GIL), cut at line boundaries into
+   pieces of at most ``PIPE_BUF`` bytes when the destination is a pipe, so that the lines of
+   several workers sharing one pipe never interleave.
 
-Failures are reported and serving goes on: a destination that cannot be opened or written is
-logged once (stderr) until it works again and its lines are dropped and counted
-(:mod:`.logwriter`); so are batches dropped because more than 8 MiB wait (a stuck log process),
-or because the log process is gone (it is started again after 5 s). The log process sends its
-counts back every second; they reach ``/metrics`` with the worker's snapshots
-(:meth:`AccessLog.stats`).
+An earlier design formatted the lines in Python in a helper process per worker (2-3 us a line,
+plus marshalling): on a machine with as many busy processes as cores it cost a third of the
+throughput; formatting in C here costs a tenth of that.
 
-Fields: ``time`` (UTC, ms), ``client``, ``listener``, ``method``, ``host``, ``path``, ``query``,
-``status`` (sent), ``upstream_status`` (from the server; null when none answered), ``rule``,
-``ingress``, ``server_group`` (the Service's ``ns/name:port`` or the group id), ``server``
-(address:port), ``duration`` and ``upstream_duration`` (seconds; null when no server was asked),
-``bytes_in`` (request head and body), ``bytes_out`` (response bytes sent, tunnels excepted),
-``retries``, ``request_id`` (the request's X-Request-Id, or one generated and forwarded to the
-server as X-Request-Id).
+Failures are reported and serving goes on: a destination that cannot be opened (tried again
+every 5 s) or written is logged once (stderr) until it works again, and its lines are dropped
+and counted; so are batches dropped because more than 8 MiB wait for a stuck destination. The
+counts reach ``/metrics`` with the worker's snapshots (:meth:`AccessLog.stats`).
+
+Fields, in this order: ``time`` (UTC, ms), ``client``, ``listener``, ``method``, ``host``,
+``path``, ``query``, ``status`` (sent), ``upstream_status`` (from the server; null when none
+answered), ``rule``, ``ingress``, ``server_group`` (the Service's ``ns/name:port`` or the group
+id), ``server`` (address:port), ``duration`` and ``upstream_duration`` (seconds, to the
+microsecond; null when no server was asked), ``bytes_in`` (request head and body), ``bytes_out``
+(response bytes sent, tunnels excepted), ``retries``, ``request_id`` (the request's X-Request-Id,
+or one generated and forwarded to the server as X-Request-Id).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import marshal
 import os
 import queue
-import subprocess
-import sys
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from albingress.dataplane.logwriter import FIELDS, FRAME, Formatter, Sink
+import msgspec
+
+from albingress.dataplane.wire import client_request_id
 from albingress.ir import GroupSource
 
 if TYPE_CHECKING:
@@ -58,10 +61,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("albingress.accesslog")
 
 FLUSH_INTERVAL = 0.1  # seconds
-FLUSH_RECORDS = 4096
-MAX_PENDING = 8 << 20  # bytes handed to the writer thread and not yet sent
-REOPEN_DELAY = 5.0  # seconds between attempts to open a destination (or restart the process)
-_FLUSH_ITEMS = FLUSH_RECORDS * FIELDS
+FLUSH_LINES = 512  # a batch encodes in about 0.1 ms and stays in the CPU's cache
+MAX_PENDING = 8 << 20  # bytes handed to the writer thread and not yet written
+REOPEN_DELAY = 5.0  # seconds between attempts to open a destination that failed
+PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
+ID_BATCH = 1024  # request ids made at a time
+MAX_REMEMBERED = 100_000  # host and server labels kept before starting over
+
+
+class Line(msgspec.Struct, gc=False):
+    """One access log line; the field order is the JSON key order."""
+
+    time: str
+    client: str
+    listener: int
+    method: str
+    host: str
+    path: str
+    query: str
+    status: int
+    upstream_status: int | None
+    rule: str
+    ingress: str
+    server_group: str
+    server: str
+    duration: float
+    upstream_duration: float | None
+    bytes_in: int
+    bytes_out: int
+    retries: int
+    request_id: str
 
 
 def parse_destination(value: str) -> str | None:
@@ -83,27 +112,29 @@ class AccessLog:
     ) -> None:
         if (path is None) == (fd is None):
             raise ValueError("exactly one of path and fd")
-        self.path = path
-        self.fd = fd
-        self.buf: list[Any] = []  # FIELDS values per record, flat
-        self.dropped = 0  # records given up before reaching the log process
-        self.failures = 0
-        self.error = ""
-        self.pending = 0  # bytes handed to the writer thread, not yet sent
-        self.remote: dict[str, Any] = {}  # the log process's last counts
+        self.sink = Sink(path=path, fd=fd)
+        self.buf: list[Line] = []
+        self.dropped = 0  # lines given up before reaching the writer
+        self.pending = 0  # bytes handed to the writer thread, not yet written
         self.prefix = prefix if prefix is not None else os.urandom(8).hex()
-        self._line_head = b"X-Request-Id: " + self.prefix.encode()
-        self._id_next = 0
+        self._id_next = 0  # the last id made
+        self._ids: list[str] = []  # made, not yet given
+        self._id_lines: list[bytes] = []  # the X-Request-Id lines of those
+        escaped = self.prefix.replace("%", "%%")
+        self._id_format = escaped + "%x\n"
+        self._line_format = b"X-Request-Id: " + escaped.encode("latin-1") + b"%x\r\n\0"
+        self._encoder = msgspec.json.Encoder()
         self._labels: dict[str, tuple[str, str]] = {}  # pick key -> (group label, server)
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._hosts: dict[bytes, str] = {}
+        self._offset = time.time() - time.monotonic()  # wall clock minus the records' clock
+        self._stamp_until = 0.0  # ``_time`` holds for records before this (monotonic)
+        self._time = ""
+        self._second = -1
+        self._second_text = ""
+        self._queue: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._next_spawn = 0.0
-        self._stats_buf = b""
-        self.sink: Sink | None = None  # when not started: format and write here (tests)
-        self._formatter = Formatter(self.prefix)
 
     # ----------------------------------------------------------------- the hot path
 
@@ -116,42 +147,54 @@ class AccessLog:
         upstream: float,
         now: float,
     ) -> None:
-        """Keep ``ex``'s values for the next batch."""
-        rule = ex.rule
+        """Keep ``ex``'s line for the next batch (``now``: ``time.monotonic()``)."""
+        if now >= self._stamp_until:
+            self._stamp(now)
         if pick is not None:
-            label = self._labels.get(pick.key)
-            if label is None:
-                label = self._label(pick)
-            group, server = label
+            group, server = self._labels.get(pick.key) or self._label(pick)
         else:
             group = server = ""
+        host = self._hosts.get(ex.host) or self._host(ex.host)
+        rule = ex.rule
         raw = ex.raw_head
-        bytes_in = (len(raw) + 2 if raw is not None else _head_size(ex)) + ex.body_in
         client = ex.client
+        attempts = ex.attempts
         buf = self.buf
-        buf += (  # flat: no tuple per record for the garbage collector to track
-            now,
-            client.client_ip,
-            client.listener_port,
-            ex.method,
-            ex.host,
-            ex.path,
-            ex.query,
-            status,
-            ex.upstream_status,
-            rule.name if rule is not None else "",
-            rule.ingress if rule is not None else "",
-            group,
-            server,
-            duration,
-            upstream,
-            bytes_in,
-            ex.bytes_out,
-            ex.attempts,
-            ex.request_id or ex.rid_line or self._id_of(ex),
+        buf.append(
+            Line(
+                self._time,
+                client.client_ip,
+                client.listener_port,
+                ex.method,
+                host,
+                ex.path,
+                ex.query,
+                status,
+                ex.upstream_status or None,
+                rule.name if rule is not None else "",
+                rule.ingress if rule is not None else "",
+                group,
+                server,
+                int(duration * 1e6) / 1e6,
+                int(upstream * 1e6) / 1e6 if upstream >= 0.0 else None,
+                (len(raw) + 2 if raw is not None else _head_size(ex)) + ex.body_in,
+                ex.bytes_out,
+                attempts - 1 if attempts > 1 else 0,
+                ex.request_id or self._id_of(ex),
+            )
         )
-        if len(buf) >= _FLUSH_ITEMS:
+        if len(buf) >= FLUSH_LINES:
             self.flush()
+
+    def _stamp(self, now: float) -> None:
+        """``_time`` for the millisecond of ``now``, and until when it holds."""
+        ms = int((now + self._offset) * 1000.0)
+        self._stamp_until = (ms + 1) / 1000.0 - self._offset
+        second, milli = divmod(ms, 1000)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        self._time = f"{self._second_text}.{milli:03d}Z"
 
     def _label(self, pick: Pick) -> tuple[str, str]:
         group = pick.group
@@ -159,68 +202,93 @@ class AccessLog:
             group.name if group.source is GroupSource.SERVICE else group.id,
             f"{pick.server.address}:{pick.server.port}",
         )
-        if len(self._labels) > 100_000:
+        if len(self._labels) > MAX_REMEMBERED:
             self._labels.clear()
         self._labels[pick.key] = label
         return label
 
+    def _host(self, host: bytes) -> str:
+        if len(self._hosts) > MAX_REMEMBERED:
+            self._hosts.clear()
+        text = self._hosts[host] = host.decode("latin-1")
+        return text
+
     def request_id(self, ex: Exchange) -> bytes:
-        """The X-Request-Id line to add upstream: b"" when the client sent one (then kept in
-        ``ex.request_id``), else a new id (kept in the line, ``ex.rid_line``, by the caller)."""
-        rid = _client_request_id(ex)
+        """The X-Request-Id line to add upstream: b"" when the client sent one, else a new id.
+        Either way ``ex.request_id`` is the request's id afterwards."""
+        rid = ex.request_id
+        if rid is None:  # not looked for yet (the fast lane looks when it reads the head)
+            rid = _client_request_id(ex)
         if rid:
             ex.request_id = rid
             return b""
-        self._id_next += 1
-        return self._line_head + b"%x\r\n" % self._id_next
+        ids = self._ids
+        if not ids:
+            ids = self._new_ids()
+        ex.request_id = ids.pop()
+        return self._id_lines.pop()
 
-    def _id_of(self, ex: Exchange) -> str | bytes | int:
-        """What identifies ``ex`` in its record: the client's id, the generated line, or a new
-        number (an answer of the proxy itself, never forwarded)."""
-        rid = ex.request_id or ex.rid_line
+    def _new_ids(self) -> list[str]:
+        """The next ``ID_BATCH`` ids and their header lines, made in two C-level formats
+        (a third of the cost of making them one by one), last first: taken with ``pop()``."""
+        first = self._id_next + 1
+        self._id_next += ID_BATCH
+        numbers = tuple(range(self._id_next, first - 1, -1))
+        self._ids = ids = ((self._id_format * ID_BATCH) % numbers).split("\n")
+        ids.pop()
+        self._id_lines = lines = ((self._line_format * ID_BATCH) % numbers).split(b"\0")
+        lines.pop()
+        return ids
+
+    def _id_of(self, ex: Exchange) -> str:
+        """The id of a request that was not forwarded (answered by the proxy itself)."""
+        rid = ex.request_id
+        if rid is None:
+            rid = _client_request_id(ex)
         if rid:
             return rid
-        rid = _client_request_id(ex)
-        if rid:
-            return rid
-        self._id_next += 1
-        return self._id_next
+        ids = self._ids
+        if not ids:
+            ids = self._new_ids()
+        self._id_lines.pop()
+        return ids.pop()
 
     # ----------------------------------------------------------------- batches
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the log process, the writer thread and the periodic flush."""
+        """Start the writer thread and the periodic flush."""
         self._loop = loop
-        self._spawn()
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._thread.start()
         self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
 
     def _tick(self) -> None:
         self.flush()
+        self._offset = time.time() - time.monotonic()  # follows changes of the wall clock
+        self._stamp_until = 0.0
         if self._loop is not None:
             self._timer = self._loop.call_later(FLUSH_INTERVAL, self._tick)
 
     def flush(self) -> None:
-        """Hand the batch to the writer thread (or drop it when too much is waiting)."""
+        """Encode the batch and hand it to the writer thread (or drop it when too much is
+        waiting); when not started, write it here."""
         buf = self.buf
         if not buf:
             return
         self.buf = []
-        if self._thread is None:  # not started: format and write here
-            if self.sink is None:
-                self.sink = Sink(path=self.path, fd=self.fd)
-            self.sink.write(self._formatter.lines(time.time() - time.monotonic(), buf))
+        batch = (self._encoder.encode_lines(buf), len(buf))
+        if self._thread is None:
+            self.sink.write(batch)
             return
-        frame = marshal.dumps((time.time() - time.monotonic(), buf))
-        if self.pending + len(frame) > MAX_PENDING:
-            self.dropped += len(buf) // FIELDS
+        size = len(batch[0])
+        if self.pending + size > MAX_PENDING:
+            self.dropped += batch[1]
             return
-        self.pending += len(frame)
-        self._queue.put(frame)
+        self.pending += size
+        self._queue.put(batch)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Flush, let the writer and the log process finish (each within ``timeout`` s)."""
+        """Flush and let the writer finish (within ``timeout`` s)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -229,125 +297,125 @@ class AccessLog:
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
-        proc = self._proc
-        if proc is not None:
-            if self._loop is not None and proc.stdout is not None:
-                with contextlib.suppress(ValueError, OSError):
-                    self._loop.remove_reader(proc.stdout.fileno())
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            self._read_stats()
-        if self.sink is not None:
-            self.sink.close()
+        self.sink.close()
 
     def stats(self) -> dict[str, Any]:
         sink = self.sink
-        remote = sink.stats() if sink is not None else self.remote
         return {
-            "lines": int(remote.get("lines", 0)),
-            "dropped": self.dropped + int(remote.get("dropped", 0)),
-            "failures": self.failures + int(remote.get("failures", 0)),
-            "error": self.error or str(remote.get("error", "")),
+            "lines": sink.lines,
+            "dropped": self.dropped + sink.dropped,
+            "failures": sink.failures,
+            "error": sink.error,
         }
-
-    # ----------------------------------------------------------------- the log process
-
-    def _spawn(self, from_thread: bool = False) -> None:
-        args = [sys.executable, "-m", "albingress.dataplane.logwriter", "--prefix", self.prefix]
-        fds: list[int] = []
-        if self.fd is not None:
-            args += ["--fd", str(self.fd)]
-            fds.append(self.fd)
-        else:
-            args += ["--path", str(self.path)]
-        try:
-            self._proc = subprocess.Popen(
-                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds
-            )
-        except OSError as exc:
-            self._proc = None
-            self._next_spawn = time.monotonic() + REOPEN_DELAY
-            self._failed(f"cannot start the access log process: {exc}")
-            return
-        if self._loop is not None and self._proc.stdout is not None:
-            os.set_blocking(self._proc.stdout.fileno(), False)
-            if from_thread:  # the loop's reader is registered from the loop's own thread
-                self._loop.call_soon_threadsafe(self._watch, self._proc)
-            else:
-                self._watch(self._proc)
-
-    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
-        if self._loop is not None and proc.stdout is not None and proc is self._proc:
-            with contextlib.suppress(ValueError, OSError, RuntimeError):
-                self._loop.add_reader(proc.stdout.fileno(), self._read_stats)
-
-    def _read_stats(self) -> None:
-        proc = self._proc
-        if proc is None or proc.stdout is None:
-            return
-        try:
-            data = os.read(proc.stdout.fileno(), 65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (OSError, ValueError):
-            data = b""
-        if not data:  # the process is gone
-            if self._loop is not None:
-                with contextlib.suppress(ValueError, OSError):
-                    self._loop.remove_reader(proc.stdout.fileno())
-            return
-        *lines, self._stats_buf = (self._stats_buf + data).split(b"\n")
-        for line in reversed(lines):
-            with contextlib.suppress(ValueError):
-                self.remote = json.loads(line)
-                break
 
     def _run(self) -> None:
         while True:
-            frame = self._queue.get()
-            if frame is None:
-                proc = self._proc
-                if proc is not None and proc.stdin is not None:
-                    with contextlib.suppress(OSError):
-                        proc.stdin.close()
+            batch = self._queue.get()
+            if batch is None:
                 return
-            self._send(frame)
-            self.pending -= len(frame)
+            self.sink.write(batch)
+            self.pending -= len(batch[0])
 
-    def _send(self, frame: bytes) -> None:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            if time.monotonic() < self._next_spawn:
-                self._lost(frame)
-                return
-            self._spawn(from_thread=True)
-            proc = self._proc
-            if proc is None:
-                self._lost(frame)
-                return
-        assert proc.stdin is not None
+
+# --------------------------------------------------------------------------- the destination
+
+
+class Sink:
+    """Writes lines to ``fd`` or ``path``, reporting failures and reopening after them."""
+
+    def __init__(self, *, path: str | None = None, fd: int | None = None) -> None:
+        self.path = path
+        self.fd = fd
+        self.own_fd = False
+        self.lines = 0
+        self.dropped = 0
+        self.failures = 0
+        self.error = ""
+        self._is_pipe = _is_pipe(fd) if fd is not None else False
+        self._next_open = 0.0
+
+    def write(self, batch: tuple[bytes, int]) -> None:
+        data, count = batch
         try:
-            proc.stdin.write(FRAME.pack(len(frame)) + frame)
-            proc.stdin.flush()
-        except (OSError, ValueError) as exc:
-            self._next_spawn = time.monotonic() + REOPEN_DELAY
-            self._failed(f"the access log process is gone ({exc})")
-            self._lost(frame)
+            fd = self._open()
+            if fd is None:
+                self.dropped += count
+                return
+            if self._is_pipe and len(data) > PIPE_BUF:
+                _write_pieces(fd, data)
+            else:
+                _write_all(fd, data)
+        except OSError as exc:
+            self._failed(f"cannot write the access log: {exc.strerror or exc}", count)
         else:
-            self.error = ""
+            self.lines += count
+            if self.error:
+                log.warning("access log: writing again (%d lines dropped so far)", self.dropped)
+                self.error = ""
 
-    def _lost(self, frame: bytes) -> None:
-        with contextlib.suppress(ValueError, EOFError, TypeError):
-            self.dropped += len(marshal.loads(frame)[1]) // FIELDS
+    def _open(self) -> int | None:
+        if self.fd is not None:
+            return self.fd
+        now = time.monotonic()
+        if now < self._next_open or self.path is None:
+            return None
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            self.fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            self._next_open = now + REOPEN_DELAY
+            self._failed(f"cannot open the access log {self.path}: {exc.strerror or exc}", 0)
+            return None
+        self.own_fd = True
+        self._is_pipe = _is_pipe(self.fd)
+        return self.fd
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, message: str, count: int) -> None:
         self.failures += 1
+        self.dropped += count
         if not self.error:
             log.error("%s; lines are dropped until it works again, serving goes on", message)
         self.error = message
+
+    def close(self) -> None:
+        if self.own_fd and self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+            self.own_fd = False
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _write_pieces(fd: int, data: bytes) -> None:
+    """Whole lines, at most PIPE_BUF bytes per write (a longer line goes alone)."""
+    start = 0
+    end = len(data)
+    while start < end:
+        stop = start + PIPE_BUF
+        if stop >= end:
+            stop = end
+        else:
+            cut = data.rfind(b"\n", start, stop)
+            stop = cut + 1 if cut >= start else data.find(b"\n", stop) + 1 or end
+        _write_all(fd, data[start:stop])
+        start = stop
+
+
+# --------------------------------------------------------------------------- request ids
 
 
 def _head_size(ex: Exchange) -> int:
@@ -360,11 +428,7 @@ def _head_size(ex: Exchange) -> int:
 def _client_request_id(ex: Exchange) -> str:
     raw = ex.raw_head
     if raw is not None:
-        at = raw.lower().find(b"\r\nx-request-id:")
-        if at < 0:
-            return ""
-        end = raw.find(b"\r\n", at + 16)
-        return raw[at + 16 : end if end >= 0 else len(raw)].strip().decode("latin-1")[:200]
+        return client_request_id(raw.lower(), raw)
     for name, value in ex.raw_headers:
         if len(name) == 12 and name.lower() == b"x-request-id":
             return value.strip().decode("latin-1")[:200]

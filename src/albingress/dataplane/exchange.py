@@ -79,7 +79,9 @@ class Exchange:
     reason = ""  # why the proxy answered an error itself
     bytes_out = 0  # response bytes for the client (tunnels not counted)
     body_in = 0  # request body bytes received
-    request_id = ""  # X-Request-Id, when an access log is written
+    # X-Request-Id, when an access log is written: the client's or a generated one; "" when the
+    # client sent none (the fast lane looks when it reads the head), None when not looked for
+    request_id: str | None = None
     rid_line = b""  # an X-Request-Id header line generated here, added upstream
 
     def __init__(

@@ -34,7 +34,7 @@ import httptools
 
 from albingress.dataplane.balancer import PickContext
 from albingress.dataplane.exchange import Exchange
-from albingress.dataplane.wire import FORWARDED, HOP_BY_HOP
+from albingress.dataplane.wire import FORWARDED, HOP_BY_HOP, client_request_id
 from albingress.ir import ForwardAction
 
 if TYPE_CHECKING:
@@ -203,6 +203,7 @@ class RequestShape:
     query: str
     host: bytes
     raw_head: bytes  # the head as received, without its final empty line
+    request_id: str  # the client's X-Request-Id, "" when none
 
     def exchange(self, client: ClientConnection) -> Exchange:
         """The fast lane's exchange for this request on ``client``."""
@@ -210,6 +211,7 @@ class RequestShape:
             client, self.method, self.target, self.path, self.query, _NO_HEADERS, _NO_HEADERS
         )
         ex.host = host = self.host
+        ex.request_id = self.request_id
         ex.raw_head = raw = self.raw_head
         ex.wire_head = b"%sX-Forwarded-Host: %s\r\n%s%s" % (
             raw,
@@ -245,6 +247,7 @@ def simple_shape(data: bytes) -> RequestShape | None:
         query.decode("latin-1"),
         data[at + 7 : data.find(b"\r\n", at + 7)].strip(b" \t"),
         data[: len(data) - 2],
+        client_request_id(low, data),
     )
 
 
@@ -261,6 +264,7 @@ class RequestMemo:
     query: str
     host: bytes
     raw_head: bytes
+    request_id: str  # the client's X-Request-Id, "" when none
     wire_head: bytes  # what the server gets (with this connection's X-Forwarded-*)
     generation: int  # the rule holds while this table generation is live (WorkerContext)
     rule: Rule
@@ -274,10 +278,17 @@ class RequestMemo:
         )
         ex.host = self.host
         ex.raw_head = self.raw_head
+        ex.request_id = self.request_id
         ex.wire_head = self.wire_head
         ex.req_done = True
         ex.rule = self.rule
         return ex
+
+
+def _client_id(ex: Exchange, raw: bytes) -> str:
+    if ex.rid_line:  # ex.request_id is one generated for it
+        return ""
+    return client_request_id(raw.lower(), raw) if ex.request_id is None else ex.request_id
 
 
 def remember(data: bytes, ex: Exchange, generation: int) -> RequestMemo | None:
@@ -300,6 +311,7 @@ def remember(data: bytes, ex: Exchange, generation: int) -> RequestMemo | None:
         ex.query,
         ex.host,
         raw,
+        _client_id(ex, raw),
         wire,
         generation,
         rule,

@@ -162,3 +162,13 @@ def request_head(ex: Exchange, server: Server | None) -> list[bytes]:
     else:
         parts.append(client.forwarded_end)
     return parts
+
+
+def client_request_id(low_head: bytes, head: bytes) -> str:
+    """The X-Request-Id a client sent, from its head and that head lowercased ("" if none;
+    at most 200 characters)."""
+    at = low_head.find(b"\r\nx-request-id:")
+    if at < 0:
+        return ""
+    end = head.find(b"\r\n", at + 16)
+    return head[at + 16 : end if end >= 0 else len(head)].strip().decode("latin-1")[:200]
