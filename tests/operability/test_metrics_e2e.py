@@ -200,7 +200,7 @@ def test_known_traffic_exact_counts(lb: Serve, backends: RecordingBackends) -> N
         assert line["request_id"] and seen[f"/plain/{i}?n={i}"] == line["request_id"]
         assert line["status"] == line["upstream_status"] == 200
         assert line["method"] == "GET" and line["host"] == "w.example.com"
-        assert line["duration"] >= line["upstream_duration"] >= 0
+        assert line["duration_us"] >= line["upstream_duration_us"] >= 0
         assert line["client"] == "127.0.0.1" and line["listener"] == 80
     assert len({x["request_id"] for x in lines}) == 53
     post = logged["/post"]

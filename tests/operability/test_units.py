@@ -17,6 +17,7 @@ from albingress.api.metrics import ConfigState, MetricsView
 from albingress.api.server import AdminRequest, AdminResponse
 from albingress.dataplane import accesslog
 from albingress.dataplane.accesslog import AccessLog, parse_destination
+from albingress.dataplane.balancer import Pick
 from albingress.dataplane.metrics import BUCKETS, WorkerMetrics, merge
 from tests.operability.helpers import parse_prometheus, select, total
 
@@ -59,12 +60,10 @@ def _exchange(rule: ir.Rule | None, status: int, **kw: Any) -> SimpleNamespace:
     return SimpleNamespace(**fields)
 
 
-def _pick(config: ir.IR, gid: str, index: int = 0) -> SimpleNamespace:
+def _pick(config: ir.IR, gid: str, index: int = 0) -> Pick:
     group = config.group(gid)
     server = group.servers[index]
-    return SimpleNamespace(
-        group=group, server=server, key=ir.server_key(gid, server.address, server.port)
-    )
+    return Pick.of(group, server, ir.server_key(gid, server.address, server.port))
 
 
 def test_worker_counters_histograms_and_prune() -> None:
@@ -186,7 +185,7 @@ def test_access_log_line_fields_and_escaping(tmp_path: Any) -> None:
     log.flush()
     first, second = (json.loads(x) for x in path.read_text().splitlines())
     assert first["path"] == '/a"b\\c\n\x01é' and first["request_id"] == "given"
-    assert first["upstream_duration"] is None and first["status"] == 200
+    assert first["upstream_duration_us"] is None and first["status"] == 200
     assert second["request_id"] == "p" * 16 + "1" and second["upstream_status"] is None
     assert second["bytes_in"] == len(b"GET / HTTP/1.1\r\nHost: h\r\n") + 2
     assert abs(time.time() - _parse_time(first["time"])) < 5
@@ -211,8 +210,8 @@ def test_line_time_durations_retries_and_ids(tmp_path: Any) -> None:
     assert (
         first["time"] == "2025-11-26T06:20:00.250Z" and second["time"] == "2025-11-26T06:20:01.999Z"
     )
-    assert first["duration"] == 0.001234 and first["upstream_duration"] == 0.0005
-    assert second["duration"] == 2.5 and second["upstream_duration"] is None
+    assert first["duration_us"] == 1234 and first["upstream_duration_us"] == 500
+    assert second["duration_us"] == 2_500_000 and second["upstream_duration_us"] is None
     assert first["retries"] == 1 and second["retries"] == 0
     assert first["request_id"] == "abc" and second["request_id"] == "pp1"
     assert second["upstream_status"] is None

@@ -11,7 +11,7 @@ What serving pays, per request (measured in ``bench/observability_bench.py`` and
 
 1. :meth:`AccessLog.record` builds one :class:`Line` (a ``msgspec`` struct: a C object that the
    garbage collector does not track) from the request's values; the time text is made once per
-   millisecond, host and server labels are remembered;
+   millisecond, host names are remembered, a pick carries its labels;
 2. every 100 ms (or at 512 lines) the batch is encoded to JSON lines in one C call
    (``msgspec.json.Encoder.encode_lines``, about 0.2 us a line) and handed to a writer thread;
 3. the writer thread writes it (the system call releases the GIL), cut at line boundaries into
@@ -30,8 +30,8 @@ counts reach ``/metrics`` with the worker's snapshots (:meth:`AccessLog.stats`).
 Fields, in this order: ``time`` (UTC, ms), ``client``, ``listener``, ``method``, ``host``,
 ``path``, ``query``, ``status`` (sent), ``upstream_status`` (from the server; null when none
 answered), ``rule``, ``ingress``, ``server_group`` (the Service's ``ns/name:port`` or the group
-id), ``server`` (address:port), ``duration`` and ``upstream_duration`` (seconds, to the
-microsecond; null when no server was asked), ``bytes_in`` (request head and body), ``bytes_out``
+id), ``server`` (address:port), ``duration_us`` and ``upstream_duration_us`` (microseconds;
+the latter null when no server was asked), ``bytes_in`` (request head and body), ``bytes_out``
 (response bytes sent, tunnels excepted), ``retries``, ``request_id`` (the request's X-Request-Id,
 or one generated and forwarded to the server as X-Request-Id).
 """
@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from albingress.dataplane.wire import client_request_id
-from albingress.ir import GroupSource
 
 if TYPE_CHECKING:
     import asyncio
@@ -66,7 +65,7 @@ MAX_PENDING = 8 << 20  # bytes handed to the writer thread and not yet written
 REOPEN_DELAY = 5.0  # seconds between attempts to open a destination that failed
 PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
 ID_BATCH = 1024  # request ids made at a time
-MAX_REMEMBERED = 100_000  # host and server labels kept before starting over
+MAX_REMEMBERED = 100_000  # host names kept before starting over
 
 
 class Line(msgspec.Struct, gc=False):
@@ -85,8 +84,8 @@ class Line(msgspec.Struct, gc=False):
     ingress: str
     server_group: str
     server: str
-    duration: float
-    upstream_duration: float | None
+    duration_us: int
+    upstream_duration_us: int | None
     bytes_in: int
     bytes_out: int
     retries: int
@@ -124,7 +123,6 @@ class AccessLog:
         self._id_format = escaped + "%x\n"
         self._line_format = b"X-Request-Id: " + escaped.encode("latin-1") + b"%x\r\n\0"
         self._encoder = msgspec.json.Encoder()
-        self._labels: dict[str, tuple[str, str]] = {}  # pick key -> (group label, server)
         self._hosts: dict[bytes, str] = {}
         self._offset = time.time() - time.monotonic()  # wall clock minus the records' clock
         self._stamp_until = 0.0  # ``_time`` holds for records before this (monotonic)
@@ -150,10 +148,6 @@ class AccessLog:
         """Keep ``ex``'s line for the next batch (``now``: ``time.monotonic()``)."""
         if now >= self._stamp_until:
             self._stamp(now)
-        if pick is not None:
-            group, server = self._labels.get(pick.key) or self._label(pick)
-        else:
-            group = server = ""
         host = self._hosts.get(ex.host) or self._host(ex.host)
         rule = ex.rule
         raw = ex.raw_head
@@ -173,10 +167,10 @@ class AccessLog:
                 ex.upstream_status or None,
                 rule.name if rule is not None else "",
                 rule.ingress if rule is not None else "",
-                group,
-                server,
-                int(duration * 1e6) / 1e6,
-                int(upstream * 1e6) / 1e6 if upstream >= 0.0 else None,
+                pick.group_label if pick is not None else "",
+                pick.address if pick is not None else "",
+                int(duration * 1e6),
+                int(upstream * 1e6) if upstream >= 0.0 else None,
                 (len(raw) + 2 if raw is not None else _head_size(ex)) + ex.body_in,
                 ex.bytes_out,
                 attempts - 1 if attempts > 1 else 0,
@@ -195,17 +189,6 @@ class AccessLog:
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         self._time = f"{self._second_text}.{milli:03d}Z"
-
-    def _label(self, pick: Pick) -> tuple[str, str]:
-        group = pick.group
-        label = (
-            group.name if group.source is GroupSource.SERVICE else group.id,
-            f"{pick.server.address}:{pick.server.port}",
-        )
-        if len(self._labels) > MAX_REMEMBERED:
-            self._labels.clear()
-        self._labels[pick.key] = label
-        return label
 
     def _host(self, host: bytes) -> str:
         if len(self._hosts) > MAX_REMEMBERED:

@@ -36,7 +36,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from albingress.ir import IR, ForwardAction, Scheduler, Server, ServerGroup, server_key
+from albingress.ir import (
+    IR,
+    ForwardAction,
+    GroupSource,
+    Scheduler,
+    Server,
+    ServerGroup,
+    server_key,
+)
 
 __all__ = ["EJECT_BASE", "EJECT_MAX", "STICKY_COOKIE", "Balancer", "Pick", "PickContext"]
 
@@ -61,6 +69,17 @@ class Pick:
     server: Server
     key: str  # ir.server_key(group.id, server.address, server.port)
     set_cookie: str | None  # a full Set-Cookie header value to add to the response, or None
+    group_label: str = ""  # the group as the access log names it: a Service's name, else its id
+    address: str = ""  # the server as "address:port"
+
+    @classmethod
+    def of(cls, group: ServerGroup, server: Server, key: str) -> Pick:
+        """The pick of ``server`` in ``group`` without a cookie, its labels made once."""
+        label = group.name if group.source is GroupSource.SERVICE else group.id
+        return cls(group, server, key, None, label, f"{server.address}:{server.port}")
+
+    def with_cookie(self, set_cookie: str) -> Pick:
+        return Pick(self.group, self.server, self.key, set_cookie, self.group_label, self.address)
 
 
 def _tag(text: str) -> str:  # short and stable across processes, unlike hash()
@@ -105,7 +124,7 @@ class _ServerState(_Weighted):
         super().__init__(server.weight)
         self.key = key
         self.server = server
-        self.pick = Pick(group, server, key, None)  # the answer when no cookie is set
+        self.pick = Pick.of(group, server, key)  # the answer when no cookie is set
         self.tag = _tag(key)
         self.active = 0  # requests in flight (WLC)
         self.failures = 0  # connect failures in a row (passive check)
@@ -259,7 +278,7 @@ class Balancer:
                 key = server_key(group.id, srv.address, srv.port)
                 st = self._servers.get(key) or _ServerState(key, srv, group)
                 st.server, st.weight = srv, srv.weight
-                st.pick = Pick(group, srv, key, None)
+                st.pick = Pick.of(group, srv, key)
                 st.healthy = key not in self._unhealthy
                 states.append(st)
                 servers[key] = st
@@ -400,7 +419,7 @@ class Balancer:
         set_cookie = self._cookie(
             action, gs, st, sticky, group_pinned=group_pinned, server_pinned=server_pinned
         )
-        return st.pick if set_cookie is None else Pick(gs.group, st.server, st.key, set_cookie)
+        return st.pick if set_cookie is None else st.pick.with_cookie(set_cookie)
 
     def pick_in_group(self, group_id: str, ctx: PickContext) -> Pick | None:
         """A server of one group by its scheduler (for traffic mirroring); None when none."""
