@@ -114,7 +114,10 @@ class AccessLog:
         self.sink = Sink(path=path, fd=fd)
         self.buf: list[Line] = []
         self.dropped = 0  # lines given up before reaching the writer
-        self.pending = 0  # bytes handed to the writer thread, not yet written
+        # bytes handed to the writer thread and bytes it is done with: each counter has one
+        # writer (this thread, the writer thread), so no update is lost between the two
+        self.queued = 0
+        self.done = 0
         self.prefix = prefix if prefix is not None else os.urandom(8).hex()
         self._id_next = 0  # the last id made
         self._ids: list[str] = []  # made, not yet given
@@ -267,7 +270,7 @@ class AccessLog:
         if self.pending + size > MAX_PENDING:
             self.dropped += batch[1]
             return
-        self.pending += size
+        self.queued += size
         self._queue.put(batch)
 
     def close(self, timeout: float = 2.0) -> None:
@@ -281,6 +284,11 @@ class AccessLog:
             self._thread.join(timeout)
             self._thread = None
         self.sink.close()
+
+    @property
+    def pending(self) -> int:
+        """Bytes handed to the writer thread, not yet written."""
+        return self.queued - self.done
 
     def stats(self) -> dict[str, Any]:
         sink = self.sink
@@ -297,7 +305,7 @@ class AccessLog:
             if batch is None:
                 return
             self.sink.write(batch)
-            self.pending -= len(batch[0])
+            self.done += len(batch[0])
 
 
 # --------------------------------------------------------------------------- the destination
