@@ -139,7 +139,7 @@ class ControllerRuntime(Runtime):
         ]
         index = ServiceIndex(Snapshot(tuple(objects)))
         groups: list[ir.ServerGroup] = []
-        changed = False
+        changed: list[ir.ServerGroup] = []
         for group in self.result.ir.server_groups:
             where = parse_group_id(group.id) if group.source is ir.GroupSource.SERVICE else None
             if where is not None and where[:2] in wanted:
@@ -151,22 +151,23 @@ class ControllerRuntime(Runtime):
                     return False  # no endpoint objects at all: a diagnostic changes
                 if servers != group.servers:
                     group = dataclasses.replace(group, servers=servers)
-                    changed = True
+                    changed.append(group)
             groups.append(group)
         self.fast_reloads += 1
         if changed:
             new_ir = dataclasses.replace(self.result.ir, server_groups=tuple(groups))
-            self.publish(dataclasses.replace(self.result, ir=new_ir))
+            self.publish(dataclasses.replace(self.result, ir=new_ir), changed)
         return True
 
-    def publish(self, result: CompileResult) -> None:
-        """Hand a config to the workers and health checks without compiling."""
+    def publish(self, result: CompileResult, changed: list[ir.ServerGroup]) -> None:
+        """Hand a config whose ``changed`` groups have new servers to the workers (those groups
+        alone) and to the health checks, without compiling."""
         self.result = result
         self.reloaded_at = time.time()
         self.version += 1
         started = time.perf_counter()
         if self.supervisor is not None:
-            self.supervisor.publish_config(result.ir, self.version)
+            self.supervisor.publish_servers(result.ir, changed, self.version)
         self.last_publish_ms = (time.perf_counter() - started) * 1000
         if self.health is not None:
             self.health.update(result.ir)

@@ -294,26 +294,33 @@ def _action_from_json(data: dict[str, Any]) -> Action:
     return action
 
 
+def group_to_json(group: ServerGroup) -> dict[str, Any]:
+    """One server group as plain JSON data (the part of :func:`to_json` it is)."""
+    result: dict[str, Any] = _plain(group)
+    return result
+
+
+def group_from_json(g: dict[str, Any]) -> ServerGroup:
+    """Inverse of :func:`group_to_json`."""
+    return ServerGroup(
+        id=g["id"],
+        name=g["name"],
+        source=GroupSource(g["source"]),
+        protocol=Protocol(g["protocol"]),
+        scheduler=Scheduler(g["scheduler"]),
+        servers=tuple(Server(**s) for s in g["servers"]),
+        health_check=HealthCheck(
+            **{**g["health_check"], "codes": tuple(g["health_check"]["codes"])}
+        ),
+        sticky=StickySession(**g["sticky"]),
+        uch_key=g["uch_key"],
+        group_type=g["group_type"],
+    )
+
+
 def from_json(data: dict[str, Any]) -> IR:
     """Inverse of :func:`to_json`: how workers receive a new IR from the supervisor."""
-    groups = []
-    for g in data["server_groups"]:
-        groups.append(
-            ServerGroup(
-                id=g["id"],
-                name=g["name"],
-                source=GroupSource(g["source"]),
-                protocol=Protocol(g["protocol"]),
-                scheduler=Scheduler(g["scheduler"]),
-                servers=tuple(Server(**s) for s in g["servers"]),
-                health_check=HealthCheck(
-                    **{**g["health_check"], "codes": tuple(g["health_check"]["codes"])}
-                ),
-                sticky=StickySession(**g["sticky"]),
-                uch_key=g["uch_key"],
-                group_type=g["group_type"],
-            )
-        )
+    groups = [group_from_json(g) for g in data["server_groups"]]
     listeners = []
     for lst in data["listeners"]:
         rules = []

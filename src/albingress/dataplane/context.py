@@ -55,6 +55,7 @@ class WorkerContext:
         # (port, host, path) -> rule, when every rule depends on nothing else; else None
         self.route_cache: dict[tuple[int, str, str], Rule | None] | None = None
         self.version = -1
+        self.ir: IR | None = None  # the config in use
         self.generation = 0  # moves with every table swapped in (memos of routing check it)
         self.shapes: dict[bytes, RequestShape] = {}  # fast-lane requests checked lately
         self.balancer = Balancer(clock=clock)
@@ -84,6 +85,14 @@ class WorkerContext:
         self.table = table  # one reference: requests already routed keep their rule
         self.generation += 1
         self.version = version
+        self.ir = ir
+
+    def apply_servers(self, ir: IR, version: int) -> None:
+        """Swap in ``ir``, which differs from the config in use only in servers of groups: the
+        balancer is updated; the table, its route cache and the connections' memos stay."""
+        self.balancer.update(ir)
+        self.version = version
+        self.ir = ir
 
     def route(
         self,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -39,7 +40,7 @@ from albingress.dataplane.context import WorkerContext
 from albingress.dataplane.downstream import ClientConnection
 from albingress.dataplane.metrics import WorkerMetrics
 from albingress.dataplane.settings import ProxySettings, settings_from_json
-from albingress.ir import from_json
+from albingress.ir import from_json, group_from_json
 
 log = logging.getLogger("albingress.dataplane.worker")
 
@@ -150,6 +151,29 @@ class Worker:
             except Exception:
                 log.exception("bad control message")
 
+    def apply_servers(self, msg: dict[str, Any]) -> None:
+        """New servers for some groups of the current config (see ``Supervisor.publish_servers``);
+        the rules are the same, so the routing table and the requests it remembers stay."""
+        ctx = self.ctx
+        version = int(msg["version"])
+        if ctx.ir is None or ctx.version != int(msg["base"]):
+            self._answer({"type": "stale", "version": ctx.version})
+            return
+        changed = {g.id: g for g in map(group_from_json, msg["groups"])}
+        groups = tuple(changed.pop(g.id, g) for g in ctx.ir.server_groups)
+        if changed:  # groups the config does not have: only a whole config can say where
+            self._answer({"type": "stale", "version": ctx.version})
+            return
+        config = dataclasses.replace(ctx.ir, server_groups=groups)
+        ctx.apply_servers(config, version)
+        if ctx.metrics is not None:
+            ctx.metrics.prune(config)
+        self._answer({"type": "applied", "version": version})
+
+    def _answer(self, msg: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
     def handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "config":
@@ -158,8 +182,9 @@ class Worker:
             self.ctx.apply(config, version)
             if self.ctx.metrics is not None:
                 self.ctx.metrics.prune(config)
-            sys.stdout.write(json.dumps({"type": "applied", "version": version}) + "\n")
-            sys.stdout.flush()
+            self._answer({"type": "applied", "version": version})
+        elif kind == "servers":
+            self.apply_servers(msg)
         elif kind == "health":
             self.ctx.set_unhealthy(frozenset(msg["unhealthy"]))
         elif kind == "drain":
