@@ -19,6 +19,7 @@ from albingress.dataplane import accesslog
 from albingress.dataplane.accesslog import AccessLog, parse_destination
 from albingress.dataplane.balancer import Pick
 from albingress.dataplane.metrics import BUCKETS, WorkerMetrics, merge
+from albingress.dataplane.wire import client_request_id
 from tests.operability.helpers import parse_prometheus, select, total
 
 
@@ -229,6 +230,70 @@ def test_request_id_header_forwarded_only_when_generated() -> None:
     looked = _log_exchange(request_id="", raw_headers=[(b"X-Request-Id", b"ignored")])
     assert log.request_id(looked) == b"X-Request-Id: " + b"q" * 16 + b"2\r\n"  # "": none sent
     log.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\nX-Request-Id:abc\r\nHost: h\r\n", "abc"),  # no space
+        (b"GET / HTTP/1.1\r\nx-request-id:a\r\n", "a"),
+        (b"GET / HTTP/1.1\r\nX-REQUEST-ID: \t spaced \t\r\nHost: h\r\n", "spaced"),
+        (b"GET / HTTP/1.1\r\nX-Request-Id:\r\nAuthorization: Bearer secret\r\n", ""),
+        (b"GET / HTTP/1.1\r\nX-Request-Idx: no\r\nHost: h\r\n", ""),
+        (b"GET / HTTP/1.1\r\nX-Request-Id: " + b"x" * 300 + b"\r\n", "x" * 200),
+    ],
+)
+def test_client_request_id_is_read_from_the_head(head: bytes, expected: str) -> None:
+    assert client_request_id(head.lower(), head) == expected
+
+
+def test_long_host_names_are_not_remembered(tmp_path: Any) -> None:
+    log = AccessLog(path=str(tmp_path / "a.log"))
+    for n in range(50):
+        log.record(_log_exchange(host=b"h%d" % n + b"x" * 60_000), None, 404, 0.1, -1.0, 1.0)
+    log.record(_log_exchange(host=b"short.example"), None, 200, 0.1, -1.0, 1.0)
+    assert list(log._hosts) == [b"short.example"]
+    log.flush()
+    hosts = [json.loads(x)["host"] for x in (tmp_path / "a.log").read_text().splitlines()]
+    assert len(hosts) == 51 and hosts[0].startswith("h0xxx") and len(hosts[0]) == 60_002
+    log.close()
+
+
+def test_a_batch_larger_than_the_limit_is_taken_when_nothing_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = AccessLog(fd=os.open(os.devnull, os.O_WRONLY))
+    log._thread = SimpleNamespace()  # type: ignore[assignment]  # pretend started, never writes
+    monkeypatch.setattr(accesslog, "MAX_PENDING", 1000)
+    for _ in range(10):
+        log.record(_log_exchange(path="/" + "p" * 500), None, 200, 0.1, -1.0, 1.0)
+    log.flush()  # 10 lines over 5 KB: more than the limit, but nothing else waits
+    assert log.dropped == 0 and log.pending > 1000
+    log.record(_log_exchange(), None, 200, 0.1, -1.0, 1.0)
+    log.flush()  # now something waits: over the limit is dropped
+    assert log.dropped == 1
+
+
+def test_close_leaves_the_descriptor_of_a_stuck_writer_alone() -> None:
+    read_fd, write_fd = os.pipe()
+    log = AccessLog(fd=write_fd)
+
+    async def scenario() -> None:
+        log.start(asyncio.get_running_loop())
+        for n in range(3000):  # far more than a pipe holds: the writer blocks
+            log.record(_log_exchange(path=f"/{n}" + "p" * 100), None, 200, 0.1, -1.0, 1.0)
+        log.flush()
+        await asyncio.sleep(0.2)
+        log.close(timeout=0.2)
+
+    try:
+        asyncio.run(scenario())
+        assert log.sink.closed
+        os.fstat(write_fd)  # still open: the writer may still be in write() on it
+    finally:
+        os.close(read_fd)  # the blocked write fails (EPIPE) and the writer ends
+        time.sleep(0.1)
+        os.close(write_fd)
 
 
 def test_pipe_writes_are_whole_lines_within_pipe_buf(monkeypatch: pytest.MonkeyPatch) -> None:

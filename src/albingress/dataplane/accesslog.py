@@ -65,7 +65,8 @@ MAX_PENDING = 8 << 20  # bytes handed to the writer thread and not yet written
 REOPEN_DELAY = 5.0  # seconds between attempts to open a destination that failed
 PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
 ID_BATCH = 1024  # request ids made at a time
-MAX_REMEMBERED = 100_000  # host names kept before starting over
+MAX_REMEMBERED = 10_000  # host names kept before starting over
+MAX_REMEMBERED_HOST = 255  # longer host names are not kept (a DNS name is at most 253)
 
 
 class Line(msgspec.Struct, gc=False):
@@ -194,9 +195,11 @@ class AccessLog:
         self._time = f"{self._second_text}.{milli:03d}Z"
 
     def _host(self, host: bytes) -> str:
-        if len(self._hosts) > MAX_REMEMBERED:
-            self._hosts.clear()
-        text = self._hosts[host] = host.decode("latin-1")
+        text = host.decode("latin-1")
+        if len(host) <= MAX_REMEMBERED_HOST:  # a client's 60 KB Host is decoded, not kept
+            if len(self._hosts) >= MAX_REMEMBERED:
+                self._hosts.clear()
+            self._hosts[host] = text
         return text
 
     def request_id(self, ex: Exchange) -> bytes:
@@ -249,11 +252,13 @@ class AccessLog:
         self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
 
     def _tick(self) -> None:
-        self.flush()
-        self._offset = time.time() - time.monotonic()  # follows changes of the wall clock
-        self._stamp_until = 0.0
-        if self._loop is not None:
-            self._timer = self._loop.call_later(FLUSH_INTERVAL, self._tick)
+        try:
+            self.flush()
+        finally:
+            self._offset = time.time() - time.monotonic()  # follows the wall clock's steps
+            self._stamp_until = 0.0
+            if self._loop is not None:
+                self._timer = self._loop.call_later(FLUSH_INTERVAL, self._tick)
 
     def flush(self) -> None:
         """Encode the batch and hand it to the writer thread (or drop it when too much is
@@ -262,12 +267,18 @@ class AccessLog:
         if not buf:
             return
         self.buf = []
-        batch = (self._encoder.encode_lines(buf), len(buf))
+        try:
+            batch = (self._encoder.encode_lines(buf), len(buf))
+        except (TypeError, ValueError, OverflowError) as exc:  # a value msgspec cannot write
+            self.dropped += len(buf)
+            log.error("access log: %d lines could not be encoded (%s); dropped", len(buf), exc)
+            return
         if self._thread is None:
             self.sink.write(batch)
             return
         size = len(batch[0])
-        if self.pending + size > MAX_PENDING:
+        pending = self.pending
+        if pending and pending + size > MAX_PENDING:  # a batch alone is always taken
             self.dropped += batch[1]
             return
         self.queued += size
@@ -279,10 +290,14 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         self.flush()
-        if self._thread is not None:
+        thread = self._thread
+        if thread is not None:
             self._queue.put(None)
-            self._thread.join(timeout)
+            thread.join(timeout)
             self._thread = None
+            if thread.is_alive():  # stuck writing: its descriptor stays open until exit
+                self.sink.closed = True
+                return
         self.sink.close()
 
     @property
@@ -324,6 +339,7 @@ class Sink:
         self.error = ""
         self._is_pipe = _is_pipe(fd) if fd is not None else False
         self._next_open = 0.0
+        self.closed = False  # after close(): nothing is opened again
 
     def write(self, batch: tuple[bytes, int]) -> None:
         data, count = batch
@@ -348,7 +364,7 @@ class Sink:
         if self.fd is not None:
             return self.fd
         now = time.monotonic()
-        if now < self._next_open or self.path is None:
+        if now < self._next_open or self.path is None or self.closed:
             return None
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
@@ -369,6 +385,7 @@ class Sink:
         self.error = message
 
     def close(self) -> None:
+        self.closed = True
         if self.own_fd and self.fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.fd)

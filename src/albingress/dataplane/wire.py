@@ -167,8 +167,12 @@ def request_head(ex: Exchange, server: Server | None) -> list[bytes]:
 def client_request_id(low_head: bytes, head: bytes) -> str:
     """The X-Request-Id a client sent, from its head and that head lowercased ("" if none;
     at most 200 characters)."""
-    at = low_head.find(b"\r\nx-request-id:")
+    at = low_head.find(_REQUEST_ID)
     if at < 0:
         return ""
-    end = head.find(b"\r\n", at + 16)
-    return head[at + 16 : end if end >= 0 else len(head)].strip().decode("latin-1")[:200]
+    start = at + len(_REQUEST_ID)
+    end = head.find(b"\r\n", start)
+    return head[start : end if end >= 0 else len(head)].strip(b" \t").decode("latin-1")[:200]
+
+
+_REQUEST_ID = b"\r\nx-request-id:"
