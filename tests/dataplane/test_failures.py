@@ -380,3 +380,29 @@ async def test_a_failing_mirror_changes_nothing_for_the_client():
     assert ct.take().endswith(b"fine again")
     h.ctx.sweep(h.clock.now + 1000)
     assert shadow[0][1].aborted and not h.ctx.mirrors and h.ctx.mirrors_failed == 2
+
+
+@aio
+async def test_a_mirror_copy_carries_the_request_id_the_server_and_the_log_get(tmp_path):
+    import json
+
+    from albingress.dataplane.accesslog import AccessLog
+    from albingress.dataplane.metrics import WorkerMetrics
+
+    h = Harness(_mirror_ir())
+    log = AccessLog(path=str(tmp_path / "a.log"), prefix="m" * 16)
+    h.ctx.access_log = log
+    h.ctx.metrics = WorkerMetrics(metrics=True, access_log=log)
+    client, ct = h.client()
+    feed(client, b"GET /m HTTP/1.1\r\nHost: a\r\n\r\n")
+    await h.settle()
+    by_key = {key: (up, t) for key, up, t in h.upstreams}
+    main_up, main_t = by_key["sgp-main|127.0.1.1:8000"]
+    _, shadow_t = by_key["sgp-shadow|127.0.1.9:8000"]
+    rid = b"X-Request-Id: " + b"m" * 16 + b"1\r\n"
+    assert main_t.take().count(rid) == 1 and shadow_t.take().count(rid) == 1
+    feed(main_up, response(b"main answer"))
+    assert ct.take().endswith(b"main answer")
+    log.close()
+    (line,) = (tmp_path / "a.log").read_text().splitlines()
+    assert json.loads(line)["request_id"] == "m" * 16 + "1"

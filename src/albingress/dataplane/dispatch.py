@@ -146,6 +146,9 @@ def _pre_actions(ex: Exchange, rule: Rule) -> bool:
         ex.target = target.encode("latin-1")
         ex.path, ex.query = path, query
     if mirrors:
+        access_log = ctx.access_log
+        if access_log is not None and not ex.request_id and not ex.rid_line:
+            ex.rid_line = access_log.request_id(ex)  # the copies carry the request's id too
         mirror(ex, tuple(mirrors))
     return True
 
