@@ -6,6 +6,7 @@
 * ``/big?n=BYTES``: a Content-Length body of that many bytes;
 * ``/slow?s=SECONDS``: answers after a pause;
 * ``/headers``: the request line and headers as JSON;
+* ``/login``: sets a ``SESSION`` cookie naming this backend (``Set-Cookie``);
 * ``/ws``: with ``Upgrade: websocket``, answers 101 and then echoes bytes upper-cased;
 * anything else: the backend's name. Every answer carries ``X-Backend`` and ``X-Conn`` (a
   number per accepted connection, to see keep-alive reuse).
@@ -110,17 +111,20 @@ class Backend(asyncio.Protocol):
                 }
             ).encode()
             self._plain(body, "application/json")
+        elif url.path == "/login":
+            cookie = f"SESSION={self.name.decode()}-{self.conn_id}; Path=/; HttpOnly"
+            self._plain(b"welcome", extra=[("Set-Cookie", cookie)])
         else:
             self._plain(self.name)
 
-    def _plain(self, body: bytes, ctype: str = "text/plain") -> None:
+    def _plain(
+        self, body: bytes, ctype: str = "text/plain", extra: list[tuple[str, str]] | None = None
+    ) -> None:
         t = self.transport
         if t is None or t.is_closing():
             return
-        t.write(
-            self._head("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))])
-            + body
-        )
+        headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), *(extra or [])]
+        t.write(self._head("200 OK", headers) + body)
 
 
 async def main(name: str, host: str, port: int) -> None:

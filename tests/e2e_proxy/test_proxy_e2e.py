@@ -239,3 +239,36 @@ def test_pipelined_requests_and_a_malformed_one_over_a_real_socket(backend, prox
         assert rest.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in rest
         assert s.recv(65536) == b""  # closed
     assert get(port, "/")[0] == 200  # the worker carries on
+
+
+def test_sticky_session_type_server_follows_the_servers_own_cookie(backend, proxy):
+    """Real processes: the server's Set-Cookie comes back marked, requests with it stay on that
+    server (which sees its own value), requests without it are spread."""
+    import dataclasses
+
+    from albingress.ir import StickySession
+
+    ports = [backend(f"b{i}", f"127.0.1.{i}")[1] for i in (1, 2, 3)]
+    ir = ir_for([[(f"127.0.1.{i}", p) for i, p in zip((1, 2, 3), ports, strict=True)]])
+    sticky = StickySession(enabled=True, type="Server", cookie="SESSION")
+    ir = dataclasses.replace(
+        ir, server_groups=(dataclasses.replace(ir.server_groups[0], sticky=sticky),)
+    )
+    _, port = proxy(ir)
+    status, headers, _ = get(port, "/login")
+    assert status == 200
+    owner = headers["x-backend"]
+    cookie = headers["set-cookie"].split(";")[0]
+    name, _, value = cookie.partition("=")
+    assert name == "SESSION" and value.startswith("alb.") and value.endswith(f".{owner}-1")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for _ in range(9):
+            status, headers, body = get(port, "/headers", conn, headers={"Cookie": cookie})
+            assert status == 200 and headers["x-backend"] == owner
+            seen = dict(json.loads(body)["headers"])
+            assert seen["Cookie"] == f"SESSION={owner}-1"  # the value the server set
+    finally:
+        conn.close()
+    spread = {get(port, "/")[1]["x-backend"] for _ in range(6)}
+    assert spread == {"b1", "b2", "b3"}

@@ -29,6 +29,7 @@ group's own ``StickySession`` of type Insert.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import math
 import time
@@ -61,6 +62,7 @@ class PickContext:
     query: str
     sticky_cookie: str | None  # value of the request's STICKY_COOKIE cookie, if any
     exclude: frozenset[str] = frozenset()  # server keys (ir.server_key) already tried
+    cookie: bytes = b""  # the request's Cookie headers, joined (StickySession type Server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +73,73 @@ class Pick:
     set_cookie: str | None  # a full Set-Cookie header value to add to the response, or None
     group_label: str = ""  # the group as the access log names it: a Service's name, else its id
     address: str = ""  # the server as "address:port"
+    # StickySession type Server: b"<cookie name>=" (the server's cookie), and the mark that the
+    # response's Set-Cookie gets in front of its value (see server_cookie_pin)
+    cookie_name: bytes = b""
+    cookie_mark: bytes = b""
 
     @classmethod
     def of(cls, group: ServerGroup, server: Server, key: str) -> Pick:
         """The pick of ``server`` in ``group`` without a cookie, its labels made once."""
         label = group.name if group.source is GroupSource.SERVICE else group.id
-        return cls(group, server, key, None, label, f"{server.address}:{server.port}")
+        sticky = group.sticky
+        name = mark = b""
+        if sticky.enabled and sticky.type == "Server" and sticky.cookie:
+            name = sticky.cookie.encode("latin-1") + b"="
+            mark = COOKIE_MARK + _tag(key).encode() + b"."
+        address = f"{server.address}:{server.port}"
+        return cls(group, server, key, None, label, address, name, mark)
 
     def with_cookie(self, set_cookie: str) -> Pick:
-        return Pick(self.group, self.server, self.key, set_cookie, self.group_label, self.address)
+        return dataclasses.replace(self, set_cookie=set_cookie)
+
+
+COOKIE_MARK = b"alb."  # a Server-type cookie as the client keeps it: alb.<tag>.<server's value>
+
+
+def server_cookie_pin(cookie: bytes, name: bytes) -> str | None:
+    """The server tag in cookie ``name`` (b"<name>=") of the Cookie headers ``cookie``, put there
+    when that server's Set-Cookie went through (StickySession type Server), or None."""
+    at = 0
+    while True:
+        at = cookie.find(name, at)
+        if at < 0:
+            return None
+        if at == 0 or cookie[at - 1 : at] in (b";", b" ", b"\t"):
+            value = cookie[at + len(name) :].lstrip(b'"')
+            if value.startswith(COOKIE_MARK) and value[len(COOKIE_MARK) + 8 :][:1] == b".":
+                return value[len(COOKIE_MARK) : len(COOKIE_MARK) + 8].decode("latin-1")
+        at += len(name)
+
+
+def strip_cookie_mark(value: bytes, name: bytes) -> bytes:
+    """A Cookie header value with our mark taken out of cookie ``name``: the server sees the
+    value it set."""
+    parts = value.split(b";")
+    for i, part in enumerate(parts):
+        text = part.lstrip()
+        if text.startswith(name):
+            rest = text[len(name) :]
+            quote = b'"' if rest.startswith(b'"') else b""
+            inner = rest[len(quote) :]
+            if inner.startswith(COOKIE_MARK) and inner[len(COOKIE_MARK) + 8 :][:1] == b".":
+                lead = part[: len(part) - len(text)]
+                parts[i] = lead + name + quote + inner[len(COOKIE_MARK) + 9 :]
+    return b";".join(parts)
+
+
+def mark_set_cookie(value: bytes, name: bytes, mark: bytes) -> bytes:
+    """A Set-Cookie value for cookie ``name`` with ``mark`` put in front of the cookie's value
+    (inside its quotes, if any); any other Set-Cookie as it is."""
+    text = value.lstrip()
+    if not text.startswith(name):
+        return value
+    rest = text[len(name) :]
+    quote = b'"' if rest.startswith(b'"') else b""
+    inner = rest[len(quote) :]
+    if inner.startswith(COOKIE_MARK):
+        return value  # already marked (a server echoing the client's cookie)
+    return name + quote + mark + inner
 
 
 def _tag(text: str) -> str:  # short and stable across processes, unlike hash()
@@ -414,7 +474,7 @@ class Balancer:
             found = candidates[0] if len(candidates) == 1 else _swrr(candidates)
         gs = found.state
         assert gs is not None
-        pinned, server_pinned = self._sticky_server(gs, found.usable, sticky, wall)
+        pinned, server_pinned = self._sticky_server(gs, found.usable, sticky, wall, ctx.cookie)
         st = self._pick_server(gs, found.usable, ctx) if pinned is None else pinned
         set_cookie = self._cookie(
             action, gs, st, sticky, group_pinned=group_pinned, server_pinned=server_pinned
@@ -440,13 +500,27 @@ class Balancer:
         return state
 
     def _sticky_server(
-        self, gs: _GroupState, usable: list[_ServerState], sticky: _Sticky, wall: int
+        self,
+        gs: _GroupState,
+        usable: list[_ServerState],
+        sticky: _Sticky,
+        wall: int,
+        cookie: bytes,
     ) -> tuple[_ServerState | None, bool]:
-        """The server the cookie pins inside ``gs`` (group StickySession, type Insert)."""
+        """The server a cookie pins inside ``gs``: ours (group StickySession type Insert), or
+        the server's own, marked on its way out (type Server)."""
         cfg = gs.group.sticky
-        if cfg.enabled and cfg.type == "Insert" and sticky.server and sticky.server_expiry > wall:
+        if not cfg.enabled:
+            return None, False
+        tag: str | None = None
+        if cfg.type == "Insert":
+            if sticky.server and sticky.server_expiry > wall:
+                tag = sticky.server
+        elif cookie and cfg.cookie:
+            tag = server_cookie_pin(cookie, cfg.cookie.encode("latin-1") + b"=")
+        if tag is not None:
             for s in usable:
-                if s.tag == sticky.server:
+                if s.tag == tag:
                     return s, True
         return None, False
 

@@ -18,7 +18,13 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from albingress.dataplane import actions as act
-from albingress.dataplane.balancer import STICKY_COOKIE, Pick, PickContext
+from albingress.dataplane.balancer import (
+    COOKIE_MARK,
+    STICKY_COOKIE,
+    Pick,
+    PickContext,
+    strip_cookie_mark,
+)
 from albingress.dataplane.mirror import mirror
 from albingress.ir import (
     FixedResponseAction,
@@ -176,16 +182,17 @@ def forward(ex: Exchange) -> None:
     action = rule.actions[-1]
     assert isinstance(action, ForwardAction)
     client = ex.client
-    sticky = _sticky_value(ex.cookie) if ex.cookie else None
+    cookie = ex.cookie
     pctx = client.last_pick_context
     if (
         ex.tried
         or pctx is None
         or pctx.path != ex.path
         or pctx.query != ex.query
-        or pctx.sticky_cookie != sticky
+        or pctx.cookie != cookie
     ):  # a PickContext is costly to build: a keep-alive client reuses its last one
-        pctx = PickContext(client.client_ip, ex.path, ex.query, sticky, ex.tried)
+        sticky = _sticky_value(cookie) if cookie else None
+        pctx = PickContext(client.client_ip, ex.path, ex.query, sticky, ex.tried, cookie)
         if not ex.tried:
             client.last_pick_context = pctx
     pick = ctx.balancer.pick(rule.name, action, pctx)
@@ -197,6 +204,11 @@ def forward(ex: Exchange) -> None:
         return
     ex.pick = pick
     ex.attempts += 1
+    if pick.cookie_name and cookie and COOKIE_MARK in cookie:  # the server sees its own value
+        ex.headers = [
+            (n, strip_cookie_mark(v, pick.cookie_name) if n.lower() == b"cookie" else v)
+            for n, v in ex.headers
+        ]
     ctx.balancer.acquire(pick.key)
     conn = ctx.pool.take(pick.key)
     if conn is not None:
@@ -234,6 +246,7 @@ def forward_again(ex: Exchange, action: ForwardAction, pctx: PickContext) -> Non
         or wire is None
         or raw is None
         or pick.set_cookie is not None
+        or pick.cookie_name
         or ctx.draining
         or client.flow.write_paused
     ):

@@ -142,7 +142,7 @@ class Exchange:
             and not self.version_10
             and not self.upgrade
             and not client.ctx.draining
-            and (pick is None or pick.set_cookie is None)
+            and (pick is None or (pick.set_cookie is None and not pick.cookie_name))
         )
         if client.flow.write_paused and conn.flow is not None:
             conn.flow.pause(PEER_FULL)

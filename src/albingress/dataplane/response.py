@@ -4,13 +4,16 @@ Framing rules (RFC 9112 section 6): a response to HEAD, a 204 or a 304 has no bo
 its Content-Length as is; a Content-Length body is relayed as it is; any other body (chunked, or
 read until the server closes) is sent chunked to an HTTP/1.1 client, and delimited by closing
 the connection for an HTTP/1.0 one. ``Connection: close`` is added when the client connection
-will close after this response, ``Set-Cookie`` when the balancer pins a sticky session.
+will close after this response, ``Set-Cookie`` when the balancer pins a sticky session; for a
+group with StickySession type Server, the server's own cookie is marked with the server's tag
+(``balancer.mark_set_cookie``), which pins the client's next requests to it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from albingress.dataplane.balancer import mark_set_cookie
 from albingress.dataplane.wire import CRLF, HOP_BY_HOP, status_line
 
 if TYPE_CHECKING:
@@ -46,6 +49,14 @@ def final_head(ex: Exchange, conn: UpstreamConnection) -> bytes:
     has_length = chunked = False
     tokens = b""
     headers = conn.headers
+    pick = ex.pick
+    if pick is not None and pick.cookie_name:  # StickySession type Server: mark its cookie
+        headers = [
+            (n, mark_set_cookie(v, pick.cookie_name, pick.cookie_mark))
+            if n.lower() == b"set-cookie"
+            else (n, v)
+            for n, v in headers
+        ]
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
