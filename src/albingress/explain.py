@@ -61,11 +61,16 @@ def precedence_step(winner: ir.Rule, later: ir.Rule) -> str:
     """Which precedence step puts ``later`` after ``winner``."""
     if winner.order != later.order:
         return f"order {winner.order} < {later.order}"
-    rank = {ir.PathType.EXACT: 0, ir.PathType.PREFIX: 1, ir.PathType.IMPLEMENTATION_SPECIFIC: 2}
+    rank = {
+        ir.PathType.EXACT: 0,
+        ir.PathType.PREFIX: 1,
+        ir.PathType.IMPLEMENTATION_SPECIFIC: 2,
+        ir.PathType.REGEX: 3,
+    }
     w_rank = rank[winner.path.type] if winner.path else 9
     l_rank = rank[later.path.type] if later.path else 9
     if w_rank != l_rank:
-        return "Exact before Prefix before ImplementationSpecific"
+        return "Exact before Prefix before ImplementationSpecific before Regex"
     w_len = len(winner.path.value) if winner.path else 0
     l_len = len(later.path.value) if later.path else 0
     if w_len != l_len:

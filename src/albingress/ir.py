@@ -42,6 +42,9 @@ class PathType(enum.Enum):
     EXACT = "Exact"
     PREFIX = "Prefix"
     IMPLEMENTATION_SPECIFIC = "ImplementationSpecific"
+    # not an Ingress pathType: an ImplementationSpecific path of an Ingress with use-regex, a
+    # regular expression matched from the start of the path (its groups feed ${1}..${3})
+    REGEX = "Regex"
 
 
 class GroupSource(enum.Enum):

@@ -42,6 +42,7 @@ _TYPE_RANK = {
     ir.PathType.EXACT: 0,
     ir.PathType.PREFIX: 1,
     ir.PathType.IMPLEMENTATION_SPECIFIC: 2,
+    ir.PathType.REGEX: 3,
 }
 
 

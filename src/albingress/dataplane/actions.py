@@ -171,9 +171,14 @@ def apply_header_actions(
     return result
 
 
-def rewrite(action: RewriteAction, host: str, path: str, query: str) -> tuple[str, str, str]:
-    """The (host, path, query) sent upstream after a Rewrite action."""
+def rewrite(
+    action: RewriteAction, host: str, path: str, query: str, groups: Sequence[str | None] = ()
+) -> tuple[str, str, str]:
+    """The (host, path, query) sent upstream after a Rewrite action; ``groups`` are the capture
+    groups of a use-regex path, ``${1}``, ``${2}``... (an unmatched group is empty)."""
     values = {"host": host, "path": path, "query": query}
+    for i, group in enumerate(groups, 1):
+        values[str(i)] = group or ""
     new_host = _substitute(action.host, values) or host
     new_path = _substitute(action.path, values) or "/"
     if not new_path.startswith("/"):

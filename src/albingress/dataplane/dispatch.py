@@ -26,10 +26,12 @@ from albingress.dataplane.balancer import (
     strip_cookie_mark,
 )
 from albingress.dataplane.mirror import mirror
+from albingress.dataplane.routing import path_regex
 from albingress.ir import (
     FixedResponseAction,
     ForwardAction,
     InsertHeaderAction,
+    PathType,
     RedirectAction,
     RemoveHeaderAction,
     RewriteAction,
@@ -39,6 +41,8 @@ from albingress.ir import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from albingress.dataplane.exchange import Exchange
 
 
@@ -130,7 +134,11 @@ def _pre_actions(ex: Exchange, rule: Rule) -> bool:
         elif type(action) in (InsertHeaderAction, RemoveHeaderAction):
             header_actions.append(action)
         elif type(action) is RewriteAction:
-            host, path, query = act.rewrite(action, host, path, query)
+            groups: Sequence[str | None] = ()
+            if rule.path is not None and rule.path.type is PathType.REGEX:
+                found = path_regex(rule.path.value).match(ex.path)
+                groups = found.groups() if found is not None else ()
+            host, path, query = act.rewrite(action, host, path, query, groups)
             rewritten = True
         elif type(action) is TrafficMirrorAction:
             mirrors += action.group_ids

@@ -7,7 +7,8 @@ atomically. Semantics are those of ``reference/alb-semantics.md`` sections 3 and
   host, path and conditions all match;
 - hosts match case-insensitively without the port; ``*.foo.com`` matches exactly one more label;
 - Exact paths compare whole and case-sensitively; Prefix paths compare element-wise on ``/``;
-  ImplementationSpecific paths are ALB patterns with ``*`` and ``?``;
+  ImplementationSpecific paths are ALB patterns with ``*`` and ``?`` (with use-regex: regular
+  expressions, matched from the start of the path);
 - condition blocks are ANDed, the values inside one block ORed; every value is an ALB pattern.
   Host and Header values compare case-insensitively, Path, Cookie and QueryString values (the
   query percent-decoded) case-sensitively; an empty QueryString key stands for any key; a
@@ -34,6 +35,7 @@ same list can never answer and are dropped, which keeps copied lists short.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -42,7 +44,7 @@ from urllib.parse import unquote_plus
 
 from albingress.ir import IR, Condition, PathMatch, PathType, Rule
 
-__all__ = ["RoutingTable", "compile_pattern", "normalize_host"]
+__all__ = ["RoutingTable", "compile_pattern", "normalize_host", "path_regex"]
 
 # A _Node with at most this many rules is scanned linearly: cheaper than a trie step.
 _LINEAR_MAX = 8
@@ -175,8 +177,18 @@ def _path_check(path: PathMatch | None) -> Callable[[str], bool]:
             return lambda _p: True
         with_slash = base + "/"
         return lambda p: p == base or p.startswith(with_slash)
+    if path.type is PathType.REGEX:
+        found = path_regex(value)
+        return lambda p: found.match(p) is not None
     regex = compile_pattern(value)
     return lambda p: regex.fullmatch(p) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def path_regex(value: str) -> re.Pattern[str]:
+    """A use-regex path, matched from the start of the request's path (its groups are what a
+    rewrite's ${1}.. stand for). The compiler checked that it compiles."""
+    return re.compile(value)
 
 
 def _fixed_segments(path: PathMatch | None) -> tuple[str, ...]:
@@ -185,7 +197,7 @@ def _fixed_segments(path: PathMatch | None) -> tuple[str, ...]:
     ``/a/b`` (Exact or Prefix) -> ``("a", "b")``; the pattern ``/files/7/*.png`` ->
     ``("files", "7")``; the root prefix, ``None`` and ``*.png`` -> ``()``.
     """
-    if path is None:
+    if path is None or path.type is PathType.REGEX:
         return ()
     value = path.value
     if path.type is PathType.PREFIX:

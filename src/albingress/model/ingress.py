@@ -46,6 +46,9 @@ class IngressSpec:
         return f"{self.namespace}/{self.name}"
 
 
+_CAPTURE = re.compile(r"\$\{([1-9])\}")  # ${1}..${9} in a rewrite template
+
+
 def normalise_path(path_type: ir.PathType, value: str) -> str:
     if path_type is ir.PathType.PREFIX and value != "/":
         return value.rstrip("/") or "/"
@@ -140,6 +143,8 @@ def _parse_path(
     type_raw = raw.get("pathType")
     try:
         path_type = ir.PathType(type_raw)
+        if path_type is ir.PathType.REGEX:  # ours, not a Kubernetes pathType
+            raise ValueError(type_raw)
     except ValueError:
         if type_raw is None:
             diag.error(
@@ -164,7 +169,36 @@ def _parse_path(
         diag.error(
             "Ingress.WildcardInPath",
             f"{where}.path",
-            f"path {value!r} has '*' or '?': only pathType ImplementationSpecific takes ALB wildcards",
+            f"path {value!r} has '*' or '?': only pathType ImplementationSpecific takes ALB "
+            "wildcards (or, with use-regex, regular expressions)",
+        )
+        return None
+    groups = 0
+    if options.use_regex and path_type is ir.PathType.IMPLEMENTATION_SPECIFIC:
+        try:
+            groups = re.compile(value).groups
+        except re.error as exc:
+            diag.error(
+                "Ingress.InvalidRegex",
+                f"{where}.path",
+                f"path {value!r} is not a regular expression (use-regex): {exc}",
+            )
+            return None
+        path_type = ir.PathType.REGEX
+    wanted = max((int(n) for n in _CAPTURE.findall(options.rewrite_target)), default=0)
+    if wanted and path_type is not ir.PathType.REGEX:
+        diag.error(
+            "Ingress.RewriteCapture",
+            f"{where}.path",
+            f"rewrite-target uses ${{{wanted}}}: that needs use-regex and a pathType "
+            "ImplementationSpecific path with capture groups",
+        )
+        return None
+    if wanted > groups:
+        diag.error(
+            "Ingress.RewriteCapture",
+            f"{where}.path",
+            f"rewrite-target uses ${{{wanted}}} but path {value!r} has {groups} capture group(s)",
         )
         return None
     if len(value) > 128:
