@@ -332,7 +332,9 @@ def test_write_failure_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     os.close(write_fd)
 
 
-def test_too_much_waiting_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_too_much_waiting_is_dropped_and_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     log = AccessLog(fd=os.open(os.devnull, os.O_WRONLY))
     log._thread = SimpleNamespace()  # type: ignore[assignment]  # pretend started, never sends
     monkeypatch.setattr(accesslog, "MAX_PENDING", 2000)
@@ -341,7 +343,13 @@ def test_too_much_waiting_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
         log.flush()
     assert 0 < log.dropped < 20
     assert log.pending <= 2000
-    assert log.stats()["dropped"] == log.dropped
+    stats = log.stats()
+    assert stats["dropped"] == log.dropped and stats["failures"] == 1  # reported once
+    assert "takes no more lines" in stats["error"] and "serving goes on" in caplog.text
+    log.done = log.queued  # the writer caught up
+    log.record(_log_exchange(), None, 200, 0.1, -1.0, 1.0)
+    log.flush()
+    assert log.stats()["error"] == "" and "takes lines again" in caplog.text
 
 
 def test_unopenable_file_is_retried_later(tmp_path: Any) -> None:

@@ -115,6 +115,8 @@ class AccessLog:
         self.sink = Sink(path=path, fd=fd)
         self.buf: list[Line] = []
         self.dropped = 0  # lines given up before reaching the writer
+        self.failures = 0  # times the destination was found stuck
+        self.stuck = ""  # why lines are dropped before the writer, while they are
         # bytes handed to the writer thread and bytes it is done with: each counter has one
         # writer (this thread, the writer thread), so no update is lost between the two
         self.queued = 0
@@ -280,7 +282,16 @@ class AccessLog:
         pending = self.pending
         if pending and pending + size > MAX_PENDING:  # a batch alone is always taken
             self.dropped += batch[1]
+            if not self.stuck:
+                self.stuck = (
+                    f"the access log destination takes no more lines ({pending >> 20} MiB wait)"
+                )
+                self.failures += 1
+                log.error("%s; lines are dropped until it does, serving goes on", self.stuck)
             return
+        if self.stuck and pending < MAX_PENDING // 2:
+            log.warning("access log: the destination takes lines again (%d dropped)", self.dropped)
+            self.stuck = ""
         self.queued += size
         self._queue.put(batch)
 
@@ -310,8 +321,8 @@ class AccessLog:
         return {
             "lines": sink.lines,
             "dropped": self.dropped + sink.dropped,
-            "failures": sink.failures,
-            "error": sink.error,
+            "failures": self.failures + sink.failures,
+            "error": self.stuck or sink.error,
         }
 
     def _run(self) -> None:
