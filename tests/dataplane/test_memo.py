@@ -290,3 +290,21 @@ async def test_a_long_response_head_is_relayed_but_not_remembered():
         assert got == padded.replace(b"Connection: keep-alive\r\n", b"") + body
     up, _ = h.upstream()
     assert up.memo_head == b""
+
+
+@aio
+async def test_an_empty_client_request_id_is_replaced_not_doubled(tmp_path):
+    from albingress.dataplane.accesslog import AccessLog
+    from albingress.dataplane.metrics import WorkerMetrics
+
+    h = Harness(make_ir(SERVERS[:1]))
+    log = AccessLog(path=str(tmp_path / "a.log"), prefix="e" * 16)
+    h.ctx.access_log = log
+    h.ctx.metrics = WorkerMetrics(metrics=True, access_log=log)
+    client, ct = h.client()
+    for n, empty in enumerate((b"X-Request-Id:\r\n", b"x-request-id:  \t\r\n"), 1):
+        request = GET[:-2] + empty + b"\r\n"
+        sent, _ = await _round(h, client, ct, request, response(b"x"))
+        ids = [x for x in sent.split(b"\r\n") if x.lower().startswith(b"x-request-id:")]
+        assert ids == [b"X-Request-Id: " + b"e" * 16 + b"%x" % n], sent
+    log.close()

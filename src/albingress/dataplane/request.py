@@ -52,7 +52,7 @@ class RequestRejected(Exception):
 
 
 # What the header scan does with a request header, by lowercase name.
-_DROP, _HOST, _XFF, _COOKIE, _CONNECTION, _UPGRADE, _TE = range(7)
+_DROP, _HOST, _XFF, _COOKIE, _CONNECTION, _UPGRADE, _TE, _RID = range(8)
 _SPECIAL: dict[bytes, int] = dict.fromkeys(HOP_BY_HOP | FORWARDED, _DROP)
 _SPECIAL.update(
     {
@@ -62,6 +62,7 @@ _SPECIAL.update(
         b"connection": _CONNECTION,
         b"upgrade": _UPGRADE,
         b"transfer-encoding": _TE,
+        b"x-request-id": _RID,
     }
 )
 
@@ -159,6 +160,8 @@ def parse_head(
             upgrade = value
         elif kind == _TE:
             ex.chunked = True
+        elif kind == _RID and value.strip(b" \t"):  # an empty one is dropped: one is made
+            out.append((name, value))
     if ex.connection_tokens:
         named = {t.strip().lower() for t in ex.connection_tokens.split(b",")}
         named -= {b"", b"close", b"keep-alive", b"upgrade"}
@@ -240,6 +243,9 @@ def simple_shape(data: bytes) -> RequestShape | None:
     if first[sp2 + 1 :] != b"HTTP/1.1" or target[:1] != b"/" or b"#" in target:
         return None
     path, _, query = target.partition(b"?")
+    request_id = client_request_id(low, data)
+    if not request_id and b"\r\nx-request-id:" in low:
+        return None  # an empty X-Request-Id: the full path drops it
     return RequestShape(
         first[:sp1].decode("latin-1"),
         target,
@@ -247,7 +253,7 @@ def simple_shape(data: bytes) -> RequestShape | None:
         query.decode("latin-1"),
         data[at + 7 : data.find(b"\r\n", at + 7)].strip(b" \t"),
         data[: len(data) - 2],
-        client_request_id(low, data),
+        request_id,
     )
 
 
