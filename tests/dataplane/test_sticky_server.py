@@ -7,11 +7,9 @@ import dataclasses
 
 import pytest
 
-from albingress.dataplane.balancer import (
+from albingress.dataplane.balancer import Balancer, Pick, PickContext
+from albingress.dataplane.servercookie import (
     COOKIE_MARK,
-    Balancer,
-    Pick,
-    PickContext,
     mark_set_cookie,
     server_cookie_pin,
     strip_cookie_mark,

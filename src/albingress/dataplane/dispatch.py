@@ -18,15 +18,10 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from albingress.dataplane import actions as act
-from albingress.dataplane.balancer import (
-    COOKIE_MARK,
-    STICKY_COOKIE,
-    Pick,
-    PickContext,
-    strip_cookie_mark,
-)
+from albingress.dataplane.balancer import STICKY_COOKIE, Pick, PickContext
 from albingress.dataplane.mirror import mirror
 from albingress.dataplane.routing import path_regex
+from albingress.dataplane.servercookie import COOKIE_MARK, strip_cookie_mark
 from albingress.ir import (
     FixedResponseAction,
     ForwardAction,

@@ -6,14 +6,14 @@ read until the server closes) is sent chunked to an HTTP/1.1 client, and delimit
 the connection for an HTTP/1.0 one. ``Connection: close`` is added when the client connection
 will close after this response, ``Set-Cookie`` when the balancer pins a sticky session; for a
 group with StickySession type Server, the server's own cookie is marked with the server's tag
-(``balancer.mark_set_cookie``), which pins the client's next requests to it.
+(``servercookie.mark_set_cookie``), which pins the client's next requests to it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from albingress.dataplane.balancer import mark_set_cookie
+from albingress.dataplane.servercookie import mark_set_cookie
 from albingress.dataplane.wire import CRLF, HOP_BY_HOP, status_line
 
 if TYPE_CHECKING:
