@@ -325,6 +325,11 @@ ANNOTATION_ERRORS: dict[str, tuple[dict[str, str], str]] = {
         {P + "sticky-session": "true", P + "sticky-session-type": "Server"},
         "Annotation.MissingValue",
     ),
+    "sticky cookie not a cookie name": (
+        {P + "sticky-session": "true", P + "sticky-session-type": "Server", P + "cookie": "сессия"},
+        "Annotation.InvalidValue",
+    ),
+    "sticky cookie with a separator": ({P + "cookie": "a;b"}, "Annotation.InvalidValue"),
     "ip qps above qps": (
         {P + "traffic-limit-qps": "5", P + "traffic-limit-ip-qps": "9"},
         "Annotation.InvalidValue",
@@ -374,6 +379,17 @@ SERVER_GROUP_ERRORS: dict[str, tuple[dict[str, Any], str]] = {
     "hc path": (
         {**SG_BASE, "healthCheckConfig": {"healthCheckPath": "x"}},
         "ServerGroup.InvalidHealthCheck",
+    ),
+    "sticky cookie name": (
+        {
+            **SG_BASE,
+            "stickySessionConfig": {
+                "stickySessionEnabled": True,
+                "stickySessionType": "Server",
+                "cookie": "sess ion",
+            },
+        },
+        "ServerGroup.InvalidStickySession",
     ),
     "sticky type": (
         {**SG_BASE, "stickySessionConfig": {"stickySessionType": "Magic"}},

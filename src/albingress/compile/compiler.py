@@ -447,10 +447,14 @@ def _apply_options(
 ) -> tuple[ir.Action, ...]:
     """Ingress-wide annotations that add actions: traffic limit, rewrite-target."""
     out = list(actions)
+    captures = "${" in opts.rewrite_target and any(
+        f"${{{n}}}" in opts.rewrite_target for n in range(1, 10)
+    )
     if (
         opts.rewrite_target
         and isinstance(out[-1], ir.ForwardAction)
         and not any(isinstance(a, ir.RewriteAction) for a in out)
+        and not (captures and (path.path is None or path.path.type is not ir.PathType.REGEX))
     ):
         out.insert(len(out) - 1, ir.RewriteAction(path=opts.rewrite_target))
     if opts.traffic_limit is not None and not any(

@@ -86,7 +86,7 @@ class Pick:
         sticky = group.sticky
         name = mark = b""
         if sticky.enabled and sticky.type == "Server" and sticky.cookie:
-            name = sticky.cookie.encode("latin-1") + b"="
+            name = sticky.cookie.encode("latin-1", "replace") + b"="  # a token: checked
             mark = COOKIE_MARK + _tag(key).encode() + b"."
         address = f"{server.address}:{server.port}"
         return cls(group, server, key, None, label, address, name, mark)
@@ -470,7 +470,7 @@ class Balancer:
             if sticky.server and sticky.server_expiry > wall:
                 tag = sticky.server
         elif cookie and cfg.cookie:
-            tag = server_cookie_pin(cookie, cfg.cookie.encode("latin-1") + b"=")
+            tag = server_cookie_pin(cookie, cfg.cookie.encode("latin-1", "replace") + b"=")
         if tag is not None:
             for s in usable:
                 if s.tag == tag:

@@ -21,7 +21,7 @@ from albingress.dataplane import actions as act
 from albingress.dataplane.balancer import STICKY_COOKIE, Pick, PickContext
 from albingress.dataplane.mirror import mirror
 from albingress.dataplane.routing import path_regex
-from albingress.dataplane.servercookie import COOKIE_MARK, strip_cookie_mark
+from albingress.dataplane.servercookie import COOKIE_MARK, strip_marks
 from albingress.ir import (
     FixedResponseAction,
     ForwardAction,
@@ -107,7 +107,13 @@ def start_simple(ex: Exchange) -> bool:
     # forward(), for a request without cookie and not retried: the pick context of this
     # connection's last request serves again when the path and query are the same
     pctx = client.last_pick_context
-    if pctx is None or pctx.path != ex.path or pctx.query != ex.query or pctx.sticky_cookie:
+    if (
+        pctx is None
+        or pctx.path != ex.path
+        or pctx.query != ex.query
+        or pctx.sticky_cookie
+        or pctx.cookie
+    ):
         pctx = client.last_pick_context = PickContext(client.client_ip, ex.path, ex.query, None)
     forward_again(ex, action, pctx)
     return True
@@ -155,6 +161,8 @@ def _pre_actions(ex: Exchange, rule: Rule) -> bool:
         ex.target = target.encode("latin-1")
         ex.path, ex.query = path, query
     if mirrors:
+        if ex.cookie and COOKIE_MARK in ex.cookie:
+            unmark(ex)
         access_log = ctx.access_log
         if access_log is not None and not ex.request_id and not ex.rid_line:
             ex.rid_line = access_log.request_id(ex)  # the copies carry the request's id too
@@ -175,6 +183,12 @@ def _sticky_value(cookie: bytes) -> str | None:
     return None
 
 
+def unmark(ex: Exchange) -> None:
+    """Take the StickySession type Server marks out of the Cookie headers a server will get
+    (``ex.cookie`` keeps them for the balancer): servers only see the values they set."""
+    ex.headers = [(n, strip_marks(v) if n.lower() == b"cookie" else v) for n, v in ex.headers]
+
+
 def forward(ex: Exchange) -> None:
     """Pick a server by the rule's ForwardGroup and send the request there: over a pooled
     connection now, or over a new one once it is open (a refused connect is retried on another
@@ -186,6 +200,8 @@ def forward(ex: Exchange) -> None:
     assert isinstance(action, ForwardAction)
     client = ex.client
     cookie = ex.cookie
+    if cookie and COOKIE_MARK in cookie:
+        unmark(ex)
     pctx = client.last_pick_context
     if (
         ex.tried
@@ -207,11 +223,6 @@ def forward(ex: Exchange) -> None:
         return
     ex.pick = pick
     ex.attempts += 1
-    if pick.cookie_name and cookie and COOKIE_MARK in cookie:  # the server sees its own value
-        ex.headers = [
-            (n, strip_cookie_mark(v, pick.cookie_name) if n.lower() == b"cookie" else v)
-            for n, v in ex.headers
-        ]
     ctx.balancer.acquire(pick.key)
     conn = ctx.pool.take(pick.key)
     if conn is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from albingress import ir
 from albingress.diagnostics import Collector
-from albingress.model.fields import as_int
+from albingress.model.fields import COOKIE_NAME, as_int
 
 PREFIX = "alb.ingress.kubernetes.io/"
 PER_BACKEND = ("actions.", "conditions.", "rule-direction.")
@@ -371,4 +371,11 @@ def _sticky(get: Any, diag: Collector) -> ir.StickySession:
             PREFIX + "cookie",
             "sticky-session-type Server needs the backend's cookie name in cookie",
         )
+    elif cookie and not COOKIE_NAME.fullmatch(cookie):
+        diag.error(
+            "Annotation.InvalidValue",
+            PREFIX + "cookie",
+            f"cookie {cookie!r} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+        )
+        cookie = ""
     return ir.StickySession(enabled, stype, timeout, cookie)

@@ -8,12 +8,16 @@ same way, and report unknown keys as warnings since they are almost always typos
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from albingress.diagnostics import Collector
 
 _MISSING: Any = object()
+
+# RFC 6265 cookie-name: an RFC 9110 token (StickySession's cookie)
+COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class Fields:

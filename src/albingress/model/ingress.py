@@ -104,6 +104,13 @@ def parse_ingress(obj: K8sObject, diag: Collector, edition: str = "Standard") ->
 
     default = spec.get("defaultBackend")
     if default is not None:
+        if _CAPTURE.search(options.rewrite_target):
+            diag.warn(
+                "Ingress.RewriteCapture",
+                "spec.defaultBackend",
+                "rewrite-target uses capture groups and the default backend has no path to "
+                "take them from: requests to it are not rewritten",
+            )
         actions = _backend(
             default, "spec.defaultBackend", annotations, options, used_names, diag, edition
         )
@@ -173,6 +180,16 @@ def _parse_path(
             "wildcards (or, with use-regex, regular expressions)",
         )
         return None
+    if len(value) > 128:
+        diag.error("Ingress.InvalidPath", f"{where}.path", "path is longer than 128 characters")
+        return None
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
+        diag.error(
+            "Ingress.InvalidPath",
+            f"{where}.path",
+            f"path {value!r} has spaces or control characters",
+        )
+        return None
     groups = 0
     if options.use_regex and path_type is ir.PathType.IMPLEMENTATION_SPECIFIC:
         try:
@@ -185,12 +202,18 @@ def _parse_path(
             )
             return None
         path_type = ir.PathType.REGEX
-    wanted = max((int(n) for n in _CAPTURE.findall(options.rewrite_target)), default=0)
+    backend = raw.get("backend")
+    actions = _backend(backend, f"{where}.backend", annotations, options, used_names, diag, edition)
+    templates = [options.rewrite_target]
+    for action in actions or ():
+        if isinstance(action, ir.RewriteAction):  # also from the actions annotation
+            templates += (action.host, action.path, action.query)
+    wanted = max((int(n) for t in templates for n in _CAPTURE.findall(t)), default=0)
     if wanted and path_type is not ir.PathType.REGEX:
         diag.error(
             "Ingress.RewriteCapture",
             f"{where}.path",
-            f"rewrite-target uses ${{{wanted}}}: that needs use-regex and a pathType "
+            f"a rewrite uses ${{{wanted}}}: that needs use-regex and a pathType "
             "ImplementationSpecific path with capture groups",
         )
         return None
@@ -198,21 +221,9 @@ def _parse_path(
         diag.error(
             "Ingress.RewriteCapture",
             f"{where}.path",
-            f"rewrite-target uses ${{{wanted}}} but path {value!r} has {groups} capture group(s)",
+            f"a rewrite uses ${{{wanted}}} but path {value!r} has {groups} capture group(s)",
         )
         return None
-    if len(value) > 128:
-        diag.error("Ingress.InvalidPath", f"{where}.path", "path is longer than 128 characters")
-        return None
-    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
-        diag.error(
-            "Ingress.InvalidPath",
-            f"{where}.path",
-            f"path {value!r} has spaces or control characters",
-        )
-        return None
-    backend = raw.get("backend")
-    actions = _backend(backend, f"{where}.backend", annotations, options, used_names, diag, edition)
     conditions: tuple[ir.Condition, ...] = ()
     name = _service_name(backend)
     if name:

@@ -18,7 +18,7 @@ from typing import Any
 from albingress import ir
 from albingress.diagnostics import Collector
 from albingress.model.actions import SERVER_GROUP_ID
-from albingress.model.fields import Fields
+from albingress.model.fields import COOKIE_NAME, Fields
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -257,6 +257,12 @@ def _sticky(c: Fields | None) -> ir.StickySession:
     if enabled and stype == "Server" and not cookie:
         c.diag.error(
             code, c.path("cookie"), "stickySessionType Server needs the backend's cookie name"
+        )
+    elif cookie and not COOKIE_NAME.fullmatch(cookie):
+        c.diag.error(
+            code,
+            c.path("cookie"),
+            f"cookie {cookie!r} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
         )
     return ir.StickySession(enabled, stype, timeout, cookie)
 
