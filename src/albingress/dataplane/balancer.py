@@ -65,6 +65,15 @@ class PickContext:
     exclude: frozenset[str] = frozenset()  # server keys (ir.server_key) already tried
     cookie: bytes = b""  # the request's Cookie headers, joined (StickySession type Server)
 
+    def serves_again(self, path: str, query: str) -> bool:
+        """Whether this context fits a request without cookies to ``path`` and ``query``."""
+        return (
+            self.path == path
+            and self.query == query
+            and not self.cookie
+            and not (self.sticky_cookie)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Pick:

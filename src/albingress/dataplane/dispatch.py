@@ -107,13 +107,7 @@ def start_simple(ex: Exchange) -> bool:
     # forward(), for a request without cookie and not retried: the pick context of this
     # connection's last request serves again when the path and query are the same
     pctx = client.last_pick_context
-    if (
-        pctx is None
-        or pctx.path != ex.path
-        or pctx.query != ex.query
-        or pctx.sticky_cookie
-        or pctx.cookie
-    ):
+    if pctx is None or not pctx.serves_again(ex.path, ex.query):
         pctx = client.last_pick_context = PickContext(client.client_ip, ex.path, ex.query, None)
     forward_again(ex, action, pctx)
     return True

@@ -307,13 +307,7 @@ def remember(data: bytes, ex: Exchange, generation: int) -> RequestMemo | None:
     if not isinstance(action, ForwardAction):
         return None
     pctx = ex.client.last_pick_context  # the one forward() just used, usually
-    if (
-        pctx is None
-        or pctx.path != ex.path
-        or pctx.query != ex.query
-        or pctx.sticky_cookie
-        or pctx.cookie
-    ):
+    if pctx is None or not pctx.serves_again(ex.path, ex.query):
         pctx = PickContext(ex.client.client_ip, ex.path, ex.query, None)
     return RequestMemo(
         data,
