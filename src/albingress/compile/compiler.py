@@ -442,6 +442,23 @@ def _resolve_ref(
     return gid
 
 
+def _takes_every_path(path: ir.PathMatch | None) -> bool:
+    if path is None:
+        return True
+    if path.type is ir.PathType.PREFIX:
+        return path.value.strip("/") == ""
+    return path.type is ir.PathType.IMPLEMENTATION_SPECIFIC and path.value in ("*", "/*")
+
+
+def _host_covers(cover: str, host: str) -> bool:
+    """Every request for ``host`` is also one for ``cover`` (an Ingress host or wildcard)."""
+    if not cover or cover == host:
+        return True
+    return (
+        cover.startswith("*.") and host.endswith(cover[1:]) and "." not in host[: -len(cover) + 1]
+    )
+
+
 def _apply_options(
     opts: IngressOptions, path: PathSpec, actions: tuple[ir.Action, ...], edition: str
 ) -> tuple[ir.Action, ...]:
@@ -573,6 +590,7 @@ def _order(
     for port in sorted(ctx.listeners):
         rules: list[ir.Rule] = []
         seen: dict[tuple[object, ...], str] = {}
+        catch_alls: list[ir.Rule] = []  # rules before, taking every request of their host
         for item in placed:
             if port not in item.listeners:
                 continue
@@ -587,7 +605,19 @@ def _order(
                     item.spec.field,
                     f"rule {rule.name} matches the same requests as {seen[ident]}, which comes first: it never gets traffic",
                 )
+            else:
+                cover = next((c for c in catch_alls if _host_covers(c.host, rule.host)), None)
+                if cover is not None:
+                    ctx.diag(by_key[rule.ingress]).warn(
+                        "Rule.Shadowed",
+                        item.spec.field,
+                        f"rule {rule.name} comes after {cover.name}, which takes every path"
+                        f"{' of its host' if cover.host else ''} first (precedence: order, then "
+                        "path type, then length): it never gets traffic",
+                    )
             seen.setdefault(ident, rule.name)
+            if not rule.conditions and _takes_every_path(rule.path):
+                catch_alls.append(rule)
             rules.append(rule)
         listeners.append(ir.Listener(port, ctx.listeners[port], tuple(rules)))
     return tuple(listeners)
