@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from _procs import require_loopback
+from _procs import Processes, free_port_on_all, require_loopback, wait_tcp
 
 HOST = "demo.domain.ingress.top"
 PATH = "/path"
@@ -317,3 +317,16 @@ def albingress_manifests(directory: Path, backends: Backends, rules: int = 1) ->
         extra -= n
         i += 1
     write_yaml_docs(directory / "bench-extra.yaml", docs)
+
+
+def start_backends(procs: Processes, wd: Path, nginx: str) -> Backends:
+    """The two nginx backends every front forwards to, started and answering."""
+    port = free_port_on_all([BACKEND_A, BACKEND_B])
+    for name, addr, body in (
+        ("backend-a", BACKEND_A, BODY_A),
+        ("backend-b", BACKEND_B, BODY_B),
+    ):
+        conf = nginx_backend_conf(wd, name, addr, port, body)
+        proc = procs.start(name, [nginx, "-p", str(wd), "-c", str(conf), "-e", "stderr"])
+        wait_tcp(addr, port, proc=proc)
+    return Backends(port)

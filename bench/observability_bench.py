@@ -35,10 +35,8 @@ from _procs import (
     find_nginx,
     find_wrk,
     free_port,
-    free_port_on_all,
     http_get,
     tree_cpu_seconds,
-    wait_tcp,
     workdir,
 )
 from _wrk import WrkResult, lua_script, run_wrk
@@ -72,18 +70,6 @@ class Variant:
 
     def p99(self) -> float:
         return statistics.median(r.p99_ms for r in self.results)
-
-
-def start_backends(procs: Processes, wd: Path, nginx: str) -> fr.Backends:
-    port = free_port_on_all([fr.BACKEND_A, fr.BACKEND_B])
-    for name, addr, body in (
-        ("backend-a", fr.BACKEND_A, fr.BODY_A),
-        ("backend-b", fr.BACKEND_B, fr.BODY_B),
-    ):
-        conf = fr.nginx_backend_conf(wd, name, addr, port, body)
-        proc = procs.start(name, [nginx, "-p", str(wd), "-c", str(conf), "-e", "stderr"])
-        wait_tcp(addr, port, proc=proc)
-    return fr.Backends(port)
 
 
 def start_variant(
@@ -140,7 +126,7 @@ def main() -> int:
         return 2
     with workdir("observability") as wd, Processes(wd) as procs:
         script = lua_script(wd)
-        backends = start_backends(procs, wd, nginx)
+        backends = fr.start_backends(procs, wd, nginx)
         variants = [start_variant(procs, wd, backends, n, f) for n, f in VARIANTS.items()]
         sent = dict.fromkeys(VARIANTS, 0)
         for v in variants:  # warm-up

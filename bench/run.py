@@ -46,7 +46,6 @@ from _procs import (
     find_nginx,
     find_wrk,
     free_port,
-    free_port_on_all,
     http_get,
     require_loopback,
     tree_cpu_seconds,
@@ -83,18 +82,6 @@ class Front:
 
 
 # --------------------------------------------------------------------------- starting things
-
-
-def start_backends(procs: Processes, wd: Path, nginx: str) -> fr.Backends:
-    port = free_port_on_all([fr.BACKEND_A, fr.BACKEND_B])
-    for name, addr, body in (
-        ("backend-a", fr.BACKEND_A, fr.BODY_A),
-        ("backend-b", fr.BACKEND_B, fr.BODY_B),
-    ):
-        conf = fr.nginx_backend_conf(wd, name, addr, port, body)
-        proc = procs.start(name, [nginx, "-p", str(wd), "-c", str(conf), "-e", "stderr"])
-        wait_tcp(addr, port, proc=proc)
-    return fr.Backends(port)
 
 
 def start_nginx_front(procs: Processes, wd: Path, nginx: str, backends: fr.Backends) -> Front:
@@ -429,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         with workdir("run") as wd, Processes(wd) as procs:
             print(f"work directory: {wd}")
             script = lua_script(wd)
-            backends = start_backends(procs, wd, nginx)
+            backends = fr.start_backends(procs, wd, nginx)
             fronts: list[Front] = []
             alb: Albingress | None = None
             compare = not args.only_scenarios

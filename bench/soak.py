@@ -38,6 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.reliability.load import children  # noqa: E402 -- after the path is set
+
 BACKENDS = ("127.0.11.1", "127.0.11.2")
 HOST = "soak.example.com"
 MIB = 1024 * 1024
@@ -93,20 +97,6 @@ def proc_stats(pid: int) -> tuple[int, int]:
                 rss = int(line.split()[1]) * 1024
                 break
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry.name))
-    return sorted(out)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from albingress.ir import to_json
+from tests.reliability.load import children as live_children
 
 from .conftest import get, ir_for
 
@@ -177,27 +178,13 @@ def test_a_worker_killed_is_restarted_and_the_others_keep_serving(backend, proxy
         assert get(port, "/")[0] == 200
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        children = _children(runner.pid)
+        children = live_children(runner.pid)
         if len(children) == 2 and pids[0] not in children:
             break
         time.sleep(0.1)
     assert len(children) == 2 and pids[1] in children and pids[0] not in children
     for _ in range(50):
         assert get(port, "/")[0] == 200
-
-
-def _children(pid: int) -> list[int]:
-    result = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                result.append(int(entry.name))
-    return result
 
 
 def _read_responses(s: socket.socket, count: int) -> list[bytes]:
