@@ -142,7 +142,9 @@ class Harness:
         self.connects: list[str] = []
         self.ctx.pool.connect = self._connect  # type: ignore[method-assign]
 
-    async def _connect(self, key: str, host: str, port: int) -> UpstreamConnection:
+    async def _connect(
+        self, key: str, host: str, port: int, tls: bool = False
+    ) -> UpstreamConnection:
         self.connects.append(key)
         await asyncio.sleep(0)
         what = self.script.pop(0) if self.script else "ok"
@@ -155,6 +157,7 @@ class Harness:
                 self.cancelled.append(key)
                 raise
         conn = UpstreamConnection(self.ctx.pool, key)
+        conn.tls = tls
         t = FakeTransport((host, port))
         t.protocol = conn
         conn.connection_made(t)  # type: ignore[arg-type]

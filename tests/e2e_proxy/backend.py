@@ -1,6 +1,7 @@
 """A small HTTP/1.1 backend for end-to-end tests, run as its own process on loopback.
 
-``python backend.py NAME HOST PORT`` prints ``PORT`` once listening. Paths:
+``python backend.py NAME HOST PORT [CERT KEY]`` prints ``PORT`` once listening (over TLS with a
+certificate and key). Paths:
 
 * ``/echo``: streams the request body back (chunked) as it arrives;
 * ``/big?n=BYTES``: a Content-Length body of that many bytes;
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import ssl
 import sys
 from urllib.parse import parse_qs, urlsplit
 
@@ -127,12 +129,16 @@ class Backend(asyncio.Protocol):
         t.write(self._head("200 OK", headers) + body)
 
 
-async def main(name: str, host: str, port: int) -> None:
+async def main(name: str, host: str, port: int, tls: list[str]) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Backend(name), host, port)
+    context = None
+    if tls:  # CERT KEY: speak HTTPS
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls[0], tls[1])
+    server = await loop.create_server(lambda: Backend(name), host, port, ssl=context)
     print(server.sockets[0].getsockname()[1], flush=True)
     await asyncio.Future()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:6]))

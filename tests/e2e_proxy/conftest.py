@@ -42,12 +42,13 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture
-def backend() -> Iterator[Callable[[str, str], tuple[Proc, int]]]:
+def backend() -> Iterator[Callable[..., tuple[Proc, int]]]:
     started: list[subprocess.Popen[str]] = []
 
-    def start(name: str, host: str) -> tuple[Proc, int]:
+    def start(name: str, host: str, tls: bool = False) -> tuple[Proc, int]:
+        cert = [str(HERE / "tls" / "backend.crt"), str(HERE / "tls" / "backend.key")]
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "backend.py"), name, host, "0"],
+            [sys.executable, str(HERE / "backend.py"), name, host, "0", *(cert if tls else [])],
             stdout=subprocess.PIPE,
             text=True,
         )

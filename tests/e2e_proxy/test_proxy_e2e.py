@@ -259,3 +259,55 @@ def test_sticky_session_type_server_follows_the_servers_own_cookie(backend, prox
         conn.close()
     spread = {get(port, "/")[1]["x-backend"] for _ in range(6)}
     assert spread == {"b1", "b2", "b3"}
+
+
+def test_an_https_server_group_is_spoken_to_over_tls(backend, proxy):
+    """Real processes: a group with protocol HTTPS reaches its server over TLS (the server's
+    self-signed certificate is accepted, as ALB does); a plain server in such a group is a 502
+    (each handshake fails: nothing is sent to it in clear)."""
+    import dataclasses
+
+    from albingress.ir import Protocol
+
+    _, secure = backend("b-tls", "127.0.1.5", tls=True)
+    _, plain = backend("b-plain", "127.0.1.6")
+    ir = ir_for([[("127.0.1.5", secure)]])
+    https = dataclasses.replace(ir.server_groups[0], protocol=Protocol.HTTPS)
+    _, port = proxy(dataclasses.replace(ir, server_groups=(https,)))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for _ in range(3):  # kept alive: the TLS connection is reused
+            status, _, body = get(port, "/x", conn)
+            assert (status, body) == (200, b"b-tls")
+        assert len({get(port, "/x", conn)[1]["x-conn"] for _ in range(3)}) == 1
+    finally:
+        conn.close()
+    ir2 = ir_for([[("127.0.1.6", plain)]])
+    wrong = dataclasses.replace(ir2.server_groups[0], protocol=Protocol.HTTPS)
+    _, port2 = proxy(dataclasses.replace(ir2, server_groups=(wrong,)))
+    status, _, body = get(port2, "/x")
+    assert status == 502 and b"accepted the connection" in body, body  # handshakes all failed
+
+
+def test_a_failed_handshake_is_said_as_such() -> None:
+    import asyncio
+
+    from albingress.dataplane.context import WorkerContext
+    from albingress.dataplane.settings import ProxySettings
+
+    async def scenario() -> str:
+        async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)  # a ClientHello, answered in HTTP
+            writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            writer.close()
+
+        server = await asyncio.start_server(plain, "127.0.1.6", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(OSError) as caught:
+                await WorkerContext(ProxySettings()).pool.connect("k", "127.0.1.6", port, True)
+            return str(caught.value.strerror)
+        finally:
+            server.close()
+
+    assert asyncio.run(scenario()).startswith("TLS handshake failed")

@@ -42,6 +42,7 @@ from albingress.ir import (
     IR,
     ForwardAction,
     GroupSource,
+    Protocol,
     Scheduler,
     Server,
     ServerGroup,
@@ -87,6 +88,7 @@ class Pick:
     # response's Set-Cookie gets in front of its value (see server_cookie_pin)
     cookie_name: bytes = b""
     cookie_mark: bytes = b""
+    tls: bool = False  # the group's protocol is HTTPS: connections to the server use TLS
 
     @classmethod
     def of(cls, group: ServerGroup, server: Server, key: str) -> Pick:
@@ -98,7 +100,8 @@ class Pick:
             name = sticky.cookie.encode("latin-1", "replace") + b"="  # a token: checked
             mark = COOKIE_MARK + _tag(key).encode() + b"."
         address = f"{server.address}:{server.port}"
-        return cls(group, server, key, None, label, address, name, mark)
+        tls = group.protocol is Protocol.HTTPS
+        return cls(group, server, key, None, label, address, name, mark, tls)
 
     def with_cookie(self, set_cookie: str) -> Pick:
         return dataclasses.replace(self, set_cookie=set_cookie)

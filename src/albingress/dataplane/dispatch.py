@@ -218,7 +218,7 @@ def forward(ex: Exchange) -> None:
     ex.pick = pick
     ex.attempts += 1
     ctx.balancer.acquire(pick.key)
-    conn = ctx.pool.take(pick.key)
+    conn = ctx.pool.take(pick.key, pick.tls)
     if conn is not None:
         ex.attach(conn, reused=True)
     else:
@@ -243,7 +243,7 @@ def forward_again(ex: Exchange, action: ForwardAction, pctx: PickContext) -> Non
     ex.attempts = 1
     key = pick.key
     balancer.acquire(key)
-    conn = ctx.pool.take(key)
+    conn = ctx.pool.take(key, pick.tls)
     if conn is None:
         ex.connect_task = asyncio.get_running_loop().create_task(_connect(ex, pick))
         return
@@ -284,7 +284,7 @@ def forward_again(ex: Exchange, action: ForwardAction, pctx: PickContext) -> Non
 async def _connect(ex: Exchange, pick: Pick) -> None:
     server = pick.server
     try:
-        conn = await ex.client.ctx.pool.connect(pick.key, server.address, server.port)
+        conn = await ex.client.ctx.pool.connect(pick.key, server.address, server.port, pick.tls)
     except TimeoutError:
         ex.connect_task = None  # before a retry starts the next one
         _connect_failed(ex, pick, 504, f"timed out connecting to {pick.key}")

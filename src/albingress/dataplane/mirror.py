@@ -140,18 +140,18 @@ def mirror(ex: Exchange, group_ids: tuple[str, ...]) -> None:
         data = b"".join([*ex.head_parts(pick.server), *body])
         sink = MirrorSink(ctx, pick.key, ex.head_only)
         ctx.mirrors.add(sink)
-        conn = ctx.pool.take(pick.key)
+        conn = ctx.pool.take(pick.key, pick.tls)
         if conn is not None:
             sink.send(conn, data)
         else:
             sink.task = asyncio.get_running_loop().create_task(
-                _connect(sink, pick.server.address, pick.server.port, data)
+                _connect(sink, pick.server.address, pick.server.port, data, pick.tls)
             )
 
 
-async def _connect(sink: MirrorSink, host: str, port: int, data: bytes) -> None:
+async def _connect(sink: MirrorSink, host: str, port: int, data: bytes, tls: bool) -> None:
     try:
-        conn = await sink.ctx.pool.connect(sink.key, host, port)
+        conn = await sink.ctx.pool.connect(sink.key, host, port, tls)
     except (OSError, TimeoutError):
         sink.task = None
         sink._end(False)

@@ -22,6 +22,8 @@ recently used first: the one least likely to have been closed by the server), bo
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -110,6 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_bytes = 0  # bytes of the header fields parsed so far in that head
         self.reusable = True
         self.closed = False
+        self.tls = False  # spoken over TLS (a group with protocol HTTPS)
         self.tunnel = False  # after a 101: raw bytes both ways
         self.fresh = True  # the parser holds no part of a message
         self.idle_since = 0.0
@@ -340,6 +343,18 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The client context for HTTPS server groups: TLS 1.2 or newer; like ALB, the server's
+    certificate is not verified (servers on a private network often carry self-signed ones)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 class Pool:
     """Idle keep-alive connections per server key, and how new ones are opened."""
 
@@ -348,12 +363,17 @@ class Pool:
         self.idle: dict[str, list[UpstreamConnection]] = {}
         self.opened = 0  # connections opened so far (tests read it to see reuse)
 
-    def take(self, key: str) -> UpstreamConnection | None:
+    def take(self, key: str, tls: bool = False) -> UpstreamConnection | None:
+        """An idle connection to ``key`` spoken as the group now says (plain or TLS: a group's
+        protocol may have changed since the connection was opened), or None."""
         conns = self.idle.get(key)
         while conns:
             conn = conns.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if conn.tls is tls:
                 return conn
+            conn.close()
         return None
 
     def put(self, conn: UpstreamConnection) -> None:
@@ -376,13 +396,23 @@ class Pool:
         if conns and conn in conns:
             conns.remove(conn)
 
-    async def connect(self, key: str, host: str, port: int) -> UpstreamConnection:
-        """A new connection; raises OSError (refused, unreachable) or TimeoutError."""
+    async def connect(
+        self, key: str, host: str, port: int, tls: bool = False
+    ) -> UpstreamConnection:
+        """A new connection, over TLS for an HTTPS group; raises OSError (refused, unreachable,
+        a failed handshake) or TimeoutError (the handshake counts in the connect timeout)."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.ctx.settings.connect_timeout):
-            _, proto = await loop.create_connection(
-                lambda: UpstreamConnection(self, key), host, port
-            )
+        try:
+            async with asyncio.timeout(self.ctx.settings.connect_timeout):
+                _, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self, key),
+                    host,
+                    port,
+                    ssl=_tls_context() if tls else None,
+                )
+        except ssl.SSLError as exc:  # an OSError too; said as what it is
+            raise ConnectionError(0, f"TLS handshake failed ({exc.reason or exc})") from exc
+        proto.tls = tls
         self.opened += 1
         return proto
 
