@@ -278,3 +278,21 @@ def test_the_chart_renders_a_service_monitor_for_the_admin_port() -> None:
     assert [p["name"] for p in admin["spec"]["ports"]] == ["admin"]
     selector = monitor["spec"]["selector"]["matchLabels"].items()
     assert selector <= admin["metadata"]["labels"].items()  # the monitor selects that Service
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"replicaCount": "two"}, "replicaCount"),
+        ({"workers": 0}, "workers"),
+        ({"webhook": {"failurePolicy": "Maybe"}}, "failurePolicy"),
+        ({"controller": {"vpcCidrs": ["10.0.0.0"]}}, "vpcCidrs"),
+        ({"ingressClass": {"name": "ALB"}}, "name"),
+        ({"replicas": 3}, "replicas"),  # a typo of replicaCount: unknown keys are refused
+    ],
+)
+def test_the_chart_refuses_bad_values_naming_them(values: dict[str, Any], words: str) -> None:
+    chart = helm_python.Chart.load(CHART)
+    with pytest.raises(helm_python.HelmError) as caught:
+        chart.render(values, name="albingress", namespace="albingress", is_install=True)
+    assert words in str(caught.value), caught.value
