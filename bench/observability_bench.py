@@ -4,9 +4,10 @@ pays, without the file system's page cache and writeback), against the same two 
 under wrk.
 
     uv run python bench/observability_bench.py [--rounds 3] [--duration 5] [--connections 32]
+                                               [--workers 1]
 
 Everything runs on loopback (backends on 127.0.1.1 / 127.0.1.2, fronts on 127.0.0.1), one
-albingress worker each. Rounds are interleaved (off, metrics, metrics+log, off, ...) so that a
+albingress worker each (``--workers``: more). Rounds are interleaved (off, metrics, metrics+log, off, ...) so that a
 change in the machine's load hits every variant alike; the figures are medians over rounds.
 Because wrk, albingress and nginx share the cores, requests per CPU-second of albingress (its
 supervisor and worker) is printed too: it is the cost per request whatever the contention.
@@ -73,7 +74,12 @@ class Variant:
 
 
 def start_variant(
-    procs: Processes, wd: Path, backends: fr.Backends, name: str, flags: tuple[str, ...]
+    procs: Processes,
+    wd: Path,
+    backends: fr.Backends,
+    name: str,
+    flags: tuple[str, ...],
+    workers: int = 1,
 ) -> Variant:
     port, admin, tls_port = free_port(), free_port(), free_port()
     manifests = wd / f"{name}-manifests"
@@ -82,7 +88,7 @@ def start_variant(
     argv = [
         sys.executable, "-m", "albingress", "serve", "--manifests", str(manifests),
         "--listen", f"80=127.0.0.1:{port}", "--listen", f"443=127.0.0.1:{tls_port}",
-        "--admin", f"127.0.0.1:{admin}", "--workers", "1",
+        "--admin", f"127.0.0.1:{admin}", "--workers", str(workers),
         "--state", str(wd / f"{name}-state.db"), "--log-level", "warning", *extra,
     ]  # fmt: skip
     proc = procs.start(f"alb-{name}", argv)
@@ -119,6 +125,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--workers", type=int, default=1, help="albingress workers per variant")
     args = p.parse_args()
     nginx, wrk = find_nginx(), find_wrk()
     if nginx is None or wrk is None:
@@ -127,7 +134,9 @@ def main() -> int:
     with workdir("observability") as wd, Processes(wd) as procs:
         script = lua_script(wd)
         backends = fr.start_backends(procs, wd, nginx)
-        variants = [start_variant(procs, wd, backends, n, f) for n, f in VARIANTS.items()]
+        variants = [
+            start_variant(procs, wd, backends, n, f, args.workers) for n, f in VARIANTS.items()
+        ]
         sent = dict.fromkeys(VARIANTS, 0)
         for v in variants:  # warm-up
             r = run_wrk(wrk, script, host="127.0.0.1", port=v.port, path=fr.PATH,
