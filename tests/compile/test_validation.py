@@ -457,3 +457,22 @@ def test_remote_server_accepted_in_remote_ranges() -> None:
     spec = {**SG_BASE, "servers": [{"serverIp": "10.1.2.3", "port": 80, "remoteIpEnabled": True}]}
     group = parse_server_group(spec, diag, NetworkSettings())
     assert group is not None and group.servers[0].remote
+
+
+@pytest.mark.parametrize(("check", "warned"), [("HTTP", True), ("HTTPS", False), ("TCP", False)])
+def test_https_groups_checked_in_plain_http_are_warned_about(check: str, warned: bool) -> None:
+    diag = Collector(REF)
+    parse_options(
+        {P + "backend-protocol": "https", P + "healthcheck-enabled": "true",
+         P + "healthcheck-protocol": check},
+        diag,
+    )  # fmt: skip
+    assert ("Annotation.PlainHealthCheck" in [d.code for d in diag.items]) is warned
+    diag = Collector(ObjectRef("ServerGroup", "default", "g"))
+    spec = {
+        **SG_BASE,
+        "protocol": "HTTPS",
+        "healthCheckConfig": {"healthCheckEnabled": True, "healthCheckProtocol": check},
+    }
+    assert parse_server_group(spec, diag, NetworkSettings()) is not None
+    assert ("ServerGroup.PlainHealthCheck" in [d.code for d in diag.items]) is warned

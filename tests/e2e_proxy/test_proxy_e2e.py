@@ -311,3 +311,73 @@ def test_a_failed_handshake_is_said_as_such() -> None:
             server.close()
 
     assert asyncio.run(scenario()).startswith("TLS handshake failed")
+
+
+def test_a_slow_client_gets_all_of_a_close_delimited_body_from_an_https_server(proxy):
+    """uvloop's TLS layer reads ahead while the proxy pauses reading for a slow client; a
+    server's abrupt close must not cut the body short (the proxy gives TLS connections no read
+    buffer). The server here closes the way many do: all sent, then the socket closed."""
+    import dataclasses
+    import ssl
+
+    from albingress.ir import Protocol
+
+    n = 8 << 20
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls_dir = Path(__file__).parent / "tls"
+    context.load_cert_chain(tls_dir / "backend.crt", tls_dir / "backend.key")
+    listener = socket.create_server(("127.0.1.7", 0))
+    server_port = listener.getsockname()[1]
+
+    def serve_one(raw: socket.socket) -> None:
+        with context.wrap_socket(raw, server_side=True) as conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"c" * n)
+
+    def accept() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(raw,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        ir = ir_for([[("127.0.1.7", server_port)]])
+        https = dataclasses.replace(ir.server_groups[0], protocol=Protocol.HTTPS)
+        _, port = proxy(dataclasses.replace(ir, server_groups=(https,)))
+        assert [_slow_read(port, n) for _ in range(2)] == [n, n]
+    finally:
+        listener.close()
+
+
+def _slow_read(port: int, n: int) -> int:
+    """Body bytes a client reading 16 KiB a millisecond gets of a close-delimited body."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(1.0)  # every buffer fills: the proxy pauses reading from the server, which closes
+    data = bytearray()
+    client.settimeout(10)
+    while not data.endswith(b"\r\n0\r\n\r\n"):
+        chunk = client.recv(16384)
+        if not chunk:
+            break
+        data += chunk
+        time.sleep(0.001)  # slow all along: the proxy pauses and resumes many times
+    client.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    received = 0
+    while True:  # de-chunk
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        received += len(body[:size])
+        body = body[size + 2 :]
+    return received

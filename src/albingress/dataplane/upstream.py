@@ -22,6 +22,7 @@ recently used first: the one least likely to have been closed by the server), bo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ssl
 from typing import TYPE_CHECKING, Protocol, cast
@@ -130,6 +131,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.flow = FlowControl(transport)
         s = self.pool.ctx.settings
         transport.set_write_buffer_limits(s.write_high_water, s.write_low_water)
+        if transport.get_extra_info("sslcontext") is not None:
+            # While reading is paused (a slow client), uvloop's TLS layer would go on reading
+            # the socket into its own buffer and, on the server's close, drop what it holds: the
+            # response's end would be lost. With no read buffer, the close waits in the kernel
+            # until reading resumes, as over plain TCP.
+            with contextlib.suppress(AttributeError, NotImplementedError):
+                transport.set_read_buffer_limits(1, 0)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         ex = self.exchange
@@ -343,11 +351,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+TLS_SHUTDOWN_TIMEOUT = 2.0  # seconds a closing TLS connection waits for the server's close_notify
+
+
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """The client context for HTTPS server groups: TLS 1.2 or newer; like ALB, the server's
     certificate is not verified (servers on a private network often carry self-signed ones)."""
-    ctx = ssl.create_default_context()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no CA store: nothing is verified
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -402,17 +413,30 @@ class Pool:
         """A new connection, over TLS for an HTTPS group; raises OSError (refused, unreachable,
         a failed handshake) or TimeoutError (the handshake counts in the connect timeout)."""
         loop = asyncio.get_running_loop()
+        if not tls:
+            async with asyncio.timeout(self.ctx.settings.connect_timeout):
+                _, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self, key), host, port
+                )
+            self.opened += 1
+            return proto
         try:
             async with asyncio.timeout(self.ctx.settings.connect_timeout):
                 _, proto = await loop.create_connection(
                     lambda: UpstreamConnection(self, key),
                     host,
                     port,
-                    ssl=_tls_context() if tls else None,
+                    ssl=_tls_context(),
+                    ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
                 )
         except ssl.SSLError as exc:  # an OSError too; said as what it is
             raise ConnectionError(0, f"TLS handshake failed ({exc.reason or exc})") from exc
-        proto.tls = tls
+        except ConnectionRefusedError:
+            raise
+        except ConnectionError as exc:  # the server closed during the handshake
+            reason = exc.strerror or type(exc).__name__
+            raise ConnectionError(0, f"TLS handshake failed ({reason})") from exc
+        proto.tls = True
         self.opened += 1
         return proto
 

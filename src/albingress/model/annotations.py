@@ -209,6 +209,14 @@ def parse_options(annotations: Mapping[str, Any], diag: Collector) -> IngressOpt
     if (raw := get("backend-keepalive")) is not None:
         _flag(raw, "backend-keepalive", diag)
 
+    health_check = _health_check(get, diag)
+    if protocol is ir.Protocol.HTTPS and health_check.enabled and health_check.protocol == "HTTP":
+        diag.warn(
+            "Annotation.PlainHealthCheck",
+            PREFIX + "healthcheck-protocol",
+            "backend-protocol is https but health checks speak plain HTTP to the servers; "
+            "set healthcheck-protocol HTTPS (or TCP) if they only speak TLS",
+        )
     return IngressOptions(
         order=order,
         order_explicit=order_raw is not None,
@@ -220,7 +228,7 @@ def parse_options(annotations: Mapping[str, Any], diag: Collector) -> IngressOpt
         protocol=protocol,
         scheduler=scheduler,
         uch_key=uch_key,
-        health_check=_health_check(get, diag),
+        health_check=health_check,
         sticky=_sticky(get, diag),
         traffic_limit=limit,
     )

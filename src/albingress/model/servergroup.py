@@ -153,6 +153,13 @@ def parse_server_group(
             "scheduler Uch needs uchConfig.value (the query-string key)",
         )
     health = parse_health_check(f.obj("healthCheckConfig", "ServerGroup.InvalidHealthCheck"))
+    if protocol is ir.Protocol.HTTPS and health.enabled and health.protocol == "HTTP":
+        diag.warn(
+            "ServerGroup.PlainHealthCheck",
+            f.path("healthCheckConfig"),
+            "the group's protocol is HTTPS but its health checks speak plain HTTP; set "
+            "healthCheckProtocol HTTPS (or TCP) if the servers only speak TLS",
+        )
     sticky = _sticky(f.obj("stickySessionConfig", "ServerGroup.InvalidStickySession"))
     servers = _servers(f, group_type, network)
     f.string("vpcId", "ServerGroup.InvalidVpcId")
