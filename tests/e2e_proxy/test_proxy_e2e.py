@@ -287,6 +287,7 @@ def test_an_https_server_group_is_spoken_to_over_tls(backend, proxy):
     _, port2 = proxy(dataclasses.replace(ir2, server_groups=(wrong,)))
     status, _, body = get(port2, "/x")
     assert status == 502 and b"accepted the connection" in body, body  # handshakes all failed
+    assert b"TLS handshake failed" in body, body
 
 
 def test_a_failed_handshake_is_said_as_such() -> None:

@@ -211,7 +211,8 @@ def forward(ex: Exchange) -> None:
     pick = ctx.balancer.pick(rule.name, action, pctx)
     if pick is None:
         if ex.tried:
-            ex.fail(502, f"no server of rule {rule.name} accepted the connection")
+            last = f" (the last: {ex.connect_error})" if ex.connect_error else ""
+            ex.fail(502, f"no server of rule {rule.name} accepted the connection{last}")
         else:
             ex.fail(503, f"no healthy server in the server groups of rule {rule.name}")
         return
@@ -309,6 +310,7 @@ def _connect_failed(ex: Exchange, pick: Pick, code: int, reason: str) -> None:
     balancer.report_failure(pick.key)
     ex.pick = None
     ex.tried = ex.tried | {pick.key}
+    ex.connect_error = reason
     if ex.attempts <= ex.client.ctx.settings.max_retries:
         forward(ex)
     else:

@@ -77,6 +77,7 @@ class Exchange:
     upstream_status = 0  # the status the server answered (0: no server answered)
     sent_at = 0.0  # when the request was sent to the (last) server, ctx.clock()
     reason = ""  # why the proxy answered an error itself
+    connect_error = ""  # why the last server tried could not be connected to
     bytes_out = 0  # response bytes for the client (tunnels not counted)
     body_in = 0  # request body bytes received
     # X-Request-Id, when an access log is written: the client's or a generated one; "" when the
