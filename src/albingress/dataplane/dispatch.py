@@ -21,7 +21,6 @@ from albingress.dataplane import actions as act
 from albingress.dataplane.balancer import STICKY_COOKIE, Pick, PickContext
 from albingress.dataplane.mirror import mirror
 from albingress.dataplane.routing import path_regex
-from albingress.dataplane.servercookie import COOKIE_MARK, strip_marks
 from albingress.ir import (
     FixedResponseAction,
     ForwardAction,
@@ -155,8 +154,6 @@ def _pre_actions(ex: Exchange, rule: Rule) -> bool:
         ex.target = target.encode("latin-1")
         ex.path, ex.query = path, query
     if mirrors:
-        if ex.cookie and COOKIE_MARK in ex.cookie:
-            unmark(ex)
         access_log = ctx.access_log
         if access_log is not None and not ex.request_id and not ex.rid_line:
             ex.rid_line = access_log.request_id(ex)  # the copies carry the request's id too
@@ -177,12 +174,6 @@ def _sticky_value(cookie: bytes) -> str | None:
     return None
 
 
-def unmark(ex: Exchange) -> None:
-    """Take the StickySession type Server marks out of the Cookie headers a server will get
-    (``ex.cookie`` keeps them for the balancer): servers only see the values they set."""
-    ex.headers = [(n, strip_marks(v) if n.lower() == b"cookie" else v) for n, v in ex.headers]
-
-
 def forward(ex: Exchange) -> None:
     """Pick a server by the rule's ForwardGroup and send the request there: over a pooled
     connection now, or over a new one once it is open (a refused connect is retried on another
@@ -194,8 +185,6 @@ def forward(ex: Exchange) -> None:
     assert isinstance(action, ForwardAction)
     client = ex.client
     cookie = ex.cookie
-    if cookie and COOKIE_MARK in cookie:
-        unmark(ex)
     pctx = client.last_pick_context
     if (
         ex.tried

@@ -34,6 +34,7 @@ import httptools
 
 from albingress.dataplane.balancer import PickContext
 from albingress.dataplane.exchange import Exchange
+from albingress.dataplane.servercookie import COOKIE_MARK, strip_marks
 from albingress.dataplane.wire import FORWARDED, HOP_BY_HOP, client_request_id
 from albingress.ir import ForwardAction
 
@@ -149,9 +150,9 @@ def parse_head(
             hosts += 1
             ex.host = value
             out.append((name, value))
-        elif kind == _COOKIE:
+        elif kind == _COOKIE:  # the balancer reads the marks, servers see their own values
             ex.cookie = value if not ex.cookie else ex.cookie + b"; " + value
-            out.append((name, value))
+            out.append((name, strip_marks(value) if COOKIE_MARK in value else value))
         elif kind == _XFF:
             ex.xff = value if not ex.xff else ex.xff + b", " + value
         elif kind == _CONNECTION:

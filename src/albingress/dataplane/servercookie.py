@@ -3,7 +3,8 @@
 When a server of such a group sets the group's cookie, the client gets its value marked with
 that server's tag (``alb.<8 hex digits>.<value>``, :func:`mark_set_cookie`); a request carrying
 the mark is pinned to the server (:func:`server_cookie_pin`, used by the balancer), and every
-mark is taken out before a request goes to any server, mirrors included (:func:`strip_marks`), so
+mark is taken out of the forwarded Cookie headers when the request head is read
+(:func:`strip_marks`, ``request.parse_head``), so whatever server or mirror gets the request,
 servers only ever see the values they set. Nothing is kept in the load balancer: every worker and
 replica agrees. One pattern reads marks for both the pin and the strip, so they never disagree.
 """
