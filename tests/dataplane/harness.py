@@ -157,10 +157,10 @@ class Harness:
                 self.cancelled.append(key)
                 raise
         conn = UpstreamConnection(self.ctx.pool, key)
-        conn.tls = tls
         t = FakeTransport((host, port))
         t.protocol = conn
         conn.connection_made(t)  # type: ignore[arg-type]
+        conn.tls = tls  # a fake transport has no TLS to find
         self.upstreams.append((key, conn, t))
         return conn
 

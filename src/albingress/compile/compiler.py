@@ -29,6 +29,7 @@ from albingress.model.actions import EDITION_ACTION_CAPS, ForwardSpec, GroupRef,
 from albingress.model.annotations import PREFIX, IngressOptions
 from albingress.model.ingress import (
     ALB_CONTROLLER,
+    CAPTURE,
     LEGACY_CLASS_ANNOTATION,
     IngressSpec,
     PathSpec,
@@ -464,9 +465,7 @@ def _apply_options(
 ) -> tuple[ir.Action, ...]:
     """Ingress-wide annotations that add actions: traffic limit, rewrite-target."""
     out = list(actions)
-    captures = "${" in opts.rewrite_target and any(
-        f"${{{n}}}" in opts.rewrite_target for n in range(1, 10)
-    )
+    captures = CAPTURE.search(opts.rewrite_target) is not None
     if (
         opts.rewrite_target
         and isinstance(out[-1], ir.ForwardAction)

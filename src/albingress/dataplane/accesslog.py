@@ -233,16 +233,8 @@ class AccessLog:
 
     def _id_of(self, ex: Exchange) -> str:
         """The id of a request that was not forwarded (answered by the proxy itself)."""
-        rid = ex.request_id
-        if rid is None:
-            rid = _client_request_id(ex)
-        if rid:
-            return rid
-        ids = self._ids
-        if not ids:
-            ids = self._new_ids()
-        self._id_lines.pop()
-        return ids.pop()
+        self.request_id(ex)  # its header line goes nowhere
+        return ex.request_id or ""
 
     # ----------------------------------------------------------------- batches
 

@@ -46,6 +46,7 @@ from albingress.ir import (
     Scheduler,
     Server,
     ServerGroup,
+    StickySession,
     server_key,
 )
 
@@ -68,12 +69,8 @@ class PickContext:
 
     def serves_again(self, path: str, query: str) -> bool:
         """Whether this context fits a request without cookies to ``path`` and ``query``."""
-        return (
-            self.path == path
-            and self.query == query
-            and not self.cookie
-            and not (self.sticky_cookie)
-        )
+        cookieless = not self.cookie and not self.sticky_cookie
+        return cookieless and self.path == path and self.query == query
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,17 +91,22 @@ class Pick:
     def of(cls, group: ServerGroup, server: Server, key: str) -> Pick:
         """The pick of ``server`` in ``group`` without a cookie, its labels made once."""
         label = group.name if group.source is GroupSource.SERVICE else group.id
-        sticky = group.sticky
-        name = mark = b""
-        if sticky.enabled and sticky.type == "Server" and sticky.cookie:
-            name = sticky.cookie.encode("latin-1", "replace") + b"="  # a token: checked
-            mark = COOKIE_MARK + _tag(key).encode() + b"."
+        name = server_cookie_name(group.sticky)
+        mark = COOKIE_MARK + _tag(key).encode() + b"." if name else b""
         address = f"{server.address}:{server.port}"
         tls = group.protocol is Protocol.HTTPS
         return cls(group, server, key, None, label, address, name, mark, tls)
 
     def with_cookie(self, set_cookie: str) -> Pick:
         return dataclasses.replace(self, set_cookie=set_cookie)
+
+
+def server_cookie_name(sticky: StickySession) -> bytes:
+    """b"<cookie>=" for a StickySession of type Server (the compiler checked it is a token),
+    else b""."""
+    if sticky.enabled and sticky.type == "Server" and sticky.cookie:
+        return sticky.cookie.encode("latin-1", "replace") + b"="
+    return b""
 
 
 def _tag(text: str) -> str:  # short and stable across processes, unlike hash()
@@ -481,8 +483,8 @@ class Balancer:
         if cfg.type == "Insert":
             if sticky.server and sticky.server_expiry > wall:
                 tag = sticky.server
-        elif cookie and cfg.cookie:
-            tag = server_cookie_pin(cookie, cfg.cookie.encode("latin-1", "replace") + b"=")
+        elif cookie:
+            tag = server_cookie_pin(cookie, server_cookie_name(cfg))
         if tag is not None:
             for s in usable:
                 if s.tag == tag:

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import functools
 import ssl
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
@@ -131,7 +131,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.flow = FlowControl(transport)
         s = self.pool.ctx.settings
         transport.set_write_buffer_limits(s.write_high_water, s.write_low_water)
-        if transport.get_extra_info("sslcontext") is not None:
+        self.tls = transport.get_extra_info("sslcontext") is not None
+        if self.tls:
             # While reading is paused (a slow client), uvloop's TLS layer would go on reading
             # the socket into its own buffer and, on the server's close, drop what it holds: the
             # response's end would be lost. With no read buffer, the close waits in the kernel
@@ -413,30 +414,23 @@ class Pool:
         """A new connection, over TLS for an HTTPS group; raises OSError (refused, unreachable,
         a failed handshake) or TimeoutError (the handshake counts in the connect timeout)."""
         loop = asyncio.get_running_loop()
-        if not tls:
-            async with asyncio.timeout(self.ctx.settings.connect_timeout):
-                _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self, key), host, port
-                )
-            self.opened += 1
-            return proto
+        options: dict[str, Any] = {}
+        if tls:
+            options = {"ssl": _tls_context(), "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT}
         try:
             async with asyncio.timeout(self.ctx.settings.connect_timeout):
                 _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self, key),
-                    host,
-                    port,
-                    ssl=_tls_context(),
-                    ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
+                    lambda: UpstreamConnection(self, key), host, port, **options
                 )
         except ssl.SSLError as exc:  # an OSError too; said as what it is
             raise ConnectionError(0, f"TLS handshake failed ({exc.reason or exc})") from exc
         except ConnectionRefusedError:
             raise
-        except ConnectionError as exc:  # the server closed during the handshake
-            reason = exc.strerror or type(exc).__name__
+        except ConnectionError as exc:
+            if not tls:
+                raise
+            reason = exc.strerror or type(exc).__name__  # the server closed in the handshake
             raise ConnectionError(0, f"TLS handshake failed ({reason})") from exc
-        proto.tls = True
         self.opened += 1
         return proto
 

@@ -46,7 +46,7 @@ class IngressSpec:
         return f"{self.namespace}/{self.name}"
 
 
-_CAPTURE = re.compile(r"\$\{([1-9])\}")  # ${1}..${9} in a rewrite template
+CAPTURE = re.compile(r"\$\{([1-9])\}")  # ${1}..${9} in a rewrite template
 
 
 def normalise_path(path_type: ir.PathType, value: str) -> str:
@@ -104,7 +104,7 @@ def parse_ingress(obj: K8sObject, diag: Collector, edition: str = "Standard") ->
 
     default = spec.get("defaultBackend")
     if default is not None:
-        if _CAPTURE.search(options.rewrite_target):
+        if CAPTURE.search(options.rewrite_target):
             diag.warn(
                 "Ingress.RewriteCapture",
                 "spec.defaultBackend",
@@ -208,7 +208,7 @@ def _parse_path(
     for action in actions or ():
         if isinstance(action, ir.RewriteAction):  # also from the actions annotation
             templates += (action.host, action.path, action.query)
-    wanted = max((int(n) for t in templates for n in _CAPTURE.findall(t)), default=0)
+    wanted = max((int(n) for t in templates for n in CAPTURE.findall(t)), default=0)
     if wanted and path_type is not ir.PathType.REGEX:
         diag.error(
             "Ingress.RewriteCapture",
