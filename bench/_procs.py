@@ -151,6 +151,31 @@ def http_get(
         conn.close()
 
 
+def wait_ok(
+    procs: Processes,
+    proc: subprocess.Popen[bytes],
+    name: str,
+    port: int,
+    path: str,
+    host_header: str,
+    deadline: float,
+    pause: float = 0.05,
+) -> bool:
+    """Poll ``GET path`` on 127.0.0.1:``port`` until it answers 200 (True) or ``deadline``
+    (``time.monotonic()``) passes (False); a process that exits meanwhile is a BenchError."""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited ({proc.returncode}):\n{procs.log_tail(proc)}")
+        try:
+            status, _ = http_get("127.0.0.1", port, path, host_header, timeout=1)
+        except OSError:
+            status = 0
+        if status == 200:
+            return True
+        time.sleep(pause)
+    return False
+
+
 # --------------------------------------------------------------------------- processes
 
 

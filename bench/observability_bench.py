@@ -36,8 +36,8 @@ from _procs import (
     find_nginx,
     find_wrk,
     free_port,
-    http_get,
     tree_cpu_seconds,
+    wait_ok,
     workdir,
 )
 from _wrk import WrkResult, lua_script, run_wrk
@@ -92,18 +92,9 @@ def start_variant(
         "--state", str(wd / f"{name}-state.db"), "--log-level", "warning", *extra,
     ]  # fmt: skip
     proc = procs.start(f"alb-{name}", argv)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{name} exited ({proc.returncode}):\n{procs.log_tail(proc)}")
-        try:
-            status, _ = http_get("127.0.0.1", port, fr.PATH, fr.HOST, timeout=1)
-        except OSError:
-            status = 0
-        if status == 200:
-            log = Path(extra[-1]) if name == "metrics+log" else None
-            return Variant(name, port, admin, proc.pid, log)
-        time.sleep(0.05)
+    if wait_ok(procs, proc, name, port, fr.PATH, fr.HOST, time.monotonic() + 60):
+        log = Path(extra[-1]) if name == "metrics+log" else None
+        return Variant(name, port, admin, proc.pid, log)
     raise BenchError(f"{name} not serving after 60 s:\n{procs.log_tail(proc)}")
 
 

@@ -49,6 +49,7 @@ from _procs import (
     http_get,
     require_loopback,
     tree_cpu_seconds,
+    wait_ok,
     wait_tcp,
     workdir,
 )
@@ -126,28 +127,11 @@ def start_albingress(
     ]  # fmt: skip
     proc = procs.start(name, argv)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{name} exited ({proc.returncode}):\n{procs.log_tail(proc)}")
-        try:
-            status, _ = http_get("127.0.0.1", admin, "/healthz", "127.0.0.1", timeout=1)
-        except OSError:
-            status = 0
-        if status == 200:
-            wait_tcp("127.0.0.1", port, proc=proc)
-            break
-        time.sleep(0.1)
-    # /healthz may answer before the worker has its first config: wait for the rule itself.
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{name} exited ({proc.returncode}):\n{procs.log_tail(proc)}")
-        try:
-            status, _ = http_get("127.0.0.1", port, fr.PATH, fr.HOST, timeout=1)
-        except OSError:
-            status = 0
-        if status == 200:
+    if wait_ok(procs, proc, name, admin, "/healthz", "127.0.0.1", deadline, pause=0.1):
+        wait_tcp("127.0.0.1", port, proc=proc)
+        # /healthz may answer before the worker has its first config: wait for the rule itself.
+        if wait_ok(procs, proc, name, port, fr.PATH, fr.HOST, deadline):
             return Albingress(Front(name, port, proc.pid), admin, manifests)
-        time.sleep(0.05)
     raise BenchError(f"{name} not healthy after 120s:\n{procs.log_tail(proc)}")
 
 
