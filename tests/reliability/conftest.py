@@ -9,6 +9,7 @@ No rule has a default backend: any other Host is a 404 from the proxy itself.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,9 +88,10 @@ def stubs() -> Iterator[Stubs]:
     s.stop()
 
 
-@pytest.fixture(scope="package")
-def lb(tmp_path_factory: pytest.TempPathFactory, stubs: Stubs) -> Iterator[Serve]:
-    serve = Serve(tmp_path_factory.mktemp("reliability"), workers=2, extra=FLAGS)
+@contextlib.contextmanager
+def serving(workdir: Path, stubs: Stubs, workers: int, extra: tuple[str, ...]) -> Iterator[Serve]:
+    """``albingress serve`` over the stubs' manifests; it must drain and exit 0 at the end."""
+    serve = Serve(workdir, workers=workers, extra=extra)
     try:
         for name, text in stubs.manifests.items():
             serve.write(name, text)
@@ -97,3 +99,9 @@ def lb(tmp_path_factory: pytest.TempPathFactory, stubs: Stubs) -> Iterator[Serve
         yield serve
     finally:
         assert serve.stop() == 0, Path(serve.log).read_text()[-3000:]
+
+
+@pytest.fixture(scope="package")
+def lb(tmp_path_factory: pytest.TempPathFactory, stubs: Stubs) -> Iterator[Serve]:
+    with serving(tmp_path_factory.mktemp("reliability"), stubs, 2, FLAGS) as serve:
+        yield serve

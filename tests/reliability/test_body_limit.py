@@ -10,7 +10,7 @@ import pytest
 from albingress.dataplane.settings import ProxySettings
 from albingress.diagnostics import ConfigError
 from tests.e2e.harness import Serve
-from tests.reliability.conftest import Stubs
+from tests.reliability.conftest import Stubs, serving
 from tests.reliability.stubs import exchange
 
 pytestmark = pytest.mark.e2e
@@ -20,14 +20,10 @@ H = b"Host: r.example.com\r\n"
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory, stubs: Stubs) -> Iterator[Serve]:
-    serve = Serve(tmp_path_factory.mktemp("limited"), workers=1, extra=("--max-body-bytes", "1000"))
-    try:
-        for name, text in stubs.manifests.items():
-            serve.write(name, text)
-        serve.start()
+    with serving(
+        tmp_path_factory.mktemp("limited"), stubs, 1, ("--max-body-bytes", "1000")
+    ) as serve:
         yield serve
-    finally:
-        assert serve.stop() == 0
 
 
 def _post(length: int, path: bytes) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Serve
-from tests.reliability.conftest import Stubs
+from tests.reliability.conftest import Stubs, serving
 from tests.reliability.load import children
 from tests.reliability.stubs import exchange, read_reply, request, status_of
 
@@ -167,14 +167,8 @@ def test_a_server_that_hangs_gives_504_after_the_response_timeout(lb: Serve) -> 
 
 @pytest.fixture
 def capped(tmp_path: Path, stubs: Stubs) -> Iterator[Serve]:
-    serve = Serve(tmp_path, workers=1, extra=("--max-connections", "20", "--idle-timeout", "30"))
-    try:
-        for name, text in stubs.manifests.items():
-            serve.write(name, text)
-        serve.start()
+    with serving(tmp_path, stubs, 1, ("--max-connections", "20", "--idle-timeout", "30")) as serve:
         yield serve
-    finally:
-        assert serve.stop() == 0
 
 
 def test_a_flood_of_idle_connections_hits_the_cap_with_a_clear_503(capped: Serve) -> None:
