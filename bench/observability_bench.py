@@ -4,11 +4,14 @@ pays, without the file system's page cache and writeback), against the same two 
 under wrk.
 
     uv run python bench/observability_bench.py [--rounds 3] [--duration 5] [--connections 32]
-                                               [--workers 1]
+                                               [--workers 1] [--python]
 
 Everything runs on loopback (backends on 127.0.1.1 / 127.0.1.2, fronts on 127.0.0.1), one
-albingress worker each (``--workers``: more). Rounds are interleaved (off, metrics, metrics+log, off, ...) so that a
-change in the machine's load hits every variant alike; the figures are medians over rounds.
+albingress worker each (``--workers``: more). Rounds are interleaved (off, metrics,
+metrics+log, off, ...) so that a change in the machine's load hits every variant alike; the
+figures are medians over rounds. ``--python`` adds ``metrics+log-py``: the same as
+``metrics+log`` with the C part turned off (``ALBINGRESS_PURE_PYTHON=1``), what an install
+without a C compiler pays.
 Because wrk, albingress and nginx share the cores, requests per CPU-second of albingress (its
 supervisor and worker) is printed too: it is the cost per request whatever the contention.
 At the end, /metrics of each variant is read back: the requests it counted must be at least
@@ -80,6 +83,7 @@ def start_variant(
     name: str,
     flags: tuple[str, ...],
     workers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Variant:
     port, admin, tls_port = free_port(), free_port(), free_port()
     manifests = wd / f"{name}-manifests"
@@ -91,9 +95,9 @@ def start_variant(
         "--admin", f"127.0.0.1:{admin}", "--workers", str(workers),
         "--state", str(wd / f"{name}-state.db"), "--log-level", "warning", *extra,
     ]  # fmt: skip
-    proc = procs.start(f"alb-{name}", argv)
+    proc = procs.start(f"alb-{name}", argv, env)
     if wait_ok(procs, proc, name, port, fr.PATH, fr.HOST, time.monotonic() + 60):
-        log = Path(extra[-1]) if name == "metrics+log" else None
+        log = Path(extra[-1]) if name.startswith("metrics+log") and ">" not in name else None
         return Variant(name, port, admin, proc.pid, log)
     raise BenchError(f"{name} not serving after 60 s:\n{procs.log_tail(proc)}")
 
@@ -117,6 +121,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="albingress workers per variant")
+    p.add_argument("--python", action="store_true", help="add metrics+log without the C part")
     args = p.parse_args()
     nginx, wrk = find_nginx(), find_wrk()
     if nginx is None or wrk is None:
@@ -128,7 +133,13 @@ def main() -> int:
         variants = [
             start_variant(procs, wd, backends, n, f, args.workers) for n, f in VARIANTS.items()
         ]
-        sent = dict.fromkeys(VARIANTS, 0)
+        if args.python:
+            flags = VARIANTS["metrics+log"]
+            py = {"ALBINGRESS_PURE_PYTHON": "1"}
+            variants.append(
+                start_variant(procs, wd, backends, "metrics+log-py", flags, args.workers, py)
+            )
+        sent = {v.name: 0 for v in variants}
         for v in variants:  # warm-up
             r = run_wrk(wrk, script, host="127.0.0.1", port=v.port, path=fr.PATH,
                         host_header=fr.HOST, connections=args.connections, duration=1)  # fmt: skip

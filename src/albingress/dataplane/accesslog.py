@@ -1,4 +1,4 @@
-"""The access log: one JSON line per request, encoded in C and written by a thread.
+"""The access log: one JSON line per request, made in C and written by a thread.
 
 Where the lines go (``--access-log``): ``-`` (the default) is the supervisor's standard output,
 ``off`` writes nothing, anything else is a file path. A worker's own stdout is the control
@@ -9,31 +9,37 @@ standard output (an inherited descriptor, ``--access-log-fd``); a file is opened
 What serving pays, per request (measured in ``bench/observability_bench.py`` and
 ``bench/hotpath_bench.py``):
 
-1. :meth:`AccessLog.record` builds one :class:`Line` (a ``msgspec`` struct: a C object that the
-   garbage collector does not track) from the request's values; the time text is made once per
-   millisecond, host names are remembered, a pick carries its labels;
-2. every 100 ms (or at 512 lines) the batch is encoded to JSON lines in one C call
-   (``msgspec.json.Encoder.encode_lines``, about 0.2 us a line) and handed to a writer thread;
-3. the writer thread writes it (the system call releases the GIL), cut at line boundaries into
-   pieces of at most ``PIPE_BUF`` bytes when the destination is a pipe, so that the lines of
-   several workers sharing one pipe never interleave.
+1. the line is written by the C observer (``_speedups.c``, with the metrics' counting, in one
+   call per request): the parts that repeat are encoded once and copied (a request's
+   ``client`` .. ``ingress``, made once per fast-lane memo of a connection; a server's
+   ``server_group`` and ``server``, once per server), the time text once per millisecond; a
+   generated request id is made and put in the head for the server in the same C code;
+2. without the C part (no compiler at install, or ``ALBINGRESS_PURE_PYTHON=1``) the same line
+   is a :class:`Line` (a ``msgspec`` struct the garbage collector does not track) built by
+   :meth:`AccessLog.record`, and every batch of them is encoded to JSON lines in one C call;
+3. every 100 ms (or at 512 lines) the batch is handed to a writer thread, which writes it (the
+   system call releases the GIL), cut at line boundaries into pieces of at most ``PIPE_BUF``
+   bytes when the destination is a pipe, so that the lines of several workers sharing one pipe
+   never interleave.
 
-An earlier design formatted the lines in Python in a helper process per worker (2-3 us a line,
-plus marshalling): on a machine with as many busy processes as cores it cost a third of the
-throughput; formatting in C here costs a tenth of that.
+Earlier designs, measured and left: the lines formatted in Python in a helper process per worker
+(2-3 us a line, plus marshalling: a third of the throughput on a machine with as many busy
+processes as cores); every field read and packed in Python into a ``msgspec`` struct (1 us a
+request in the hot path, 15% of the throughput of a worker, with the metrics).
 
 Failures are reported and serving goes on: a destination that cannot be opened (tried again
 every 5 s) or written is logged once (stderr) until it works again, and its lines are dropped
 and counted; so are batches dropped because more than 8 MiB wait for a stuck destination. The
 counts reach ``/metrics`` with the worker's snapshots (:meth:`AccessLog.stats`).
 
-Fields, in this order: ``time`` (UTC, ms), ``client``, ``listener``, ``method``, ``host``,
-``path``, ``query``, ``status`` (sent), ``upstream_status`` (from the server; null when none
-answered), ``rule``, ``ingress``, ``server_group`` (the Service's ``ns/name:port`` or the group
-id), ``server`` (address:port), ``duration_us`` and ``upstream_duration_us`` (microseconds;
-the latter null when no server was asked), ``bytes_in`` (request head and body), ``bytes_out``
-(response bytes sent, tunnels excepted), ``retries``, ``request_id`` (the request's X-Request-Id,
-or one generated and forwarded to the server as X-Request-Id).
+Fields, in this order (:data:`FIELDS`): ``time`` (UTC, ms), ``client``, ``listener``,
+``method``, ``host``, ``path``, ``query``, ``rule``, ``ingress``, ``server_group`` (the
+Service's ``ns/name:port`` or the group id), ``server`` (address:port), ``status`` (sent),
+``upstream_status`` (from the server; null when none answered), ``duration_us`` and
+``upstream_duration_us`` (microseconds; the latter null when no server was asked), ``bytes_in``
+(request head and body), ``bytes_out`` (response bytes sent, tunnels excepted), ``retries``,
+``request_id`` (the request's X-Request-Id, or one generated and forwarded to the server as
+X-Request-Id).
 """
 
 from __future__ import annotations
@@ -65,32 +71,85 @@ MAX_PENDING = 8 << 20  # bytes handed to the writer thread and not yet written
 REOPEN_DELAY = 5.0  # seconds between attempts to open a destination that failed
 PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
 ID_BATCH = 1024  # request ids made at a time
-MAX_REMEMBERED = 10_000  # host names kept before starting over
-MAX_REMEMBERED_HOST = 255  # longer host names are not kept (a DNS name is at most 253)
+
+
+FIELDS = (  # the keys of a line, in order
+    "time", "client", "listener", "method", "host", "path", "query", "rule", "ingress",
+    "server_group", "server", "status", "upstream_status", "duration_us", "upstream_duration_us",
+    "bytes_in", "bytes_out", "retries", "request_id",
+)  # fmt: skip
 
 
 class Line(msgspec.Struct, gc=False):
-    """One access log line; the field order is the JSON key order."""
+    """One access log line; the field order is the JSON key order.
+
+    Two fields carry pre-encoded JSON (:class:`msgspec.Raw`, copied as is) that spans several
+    keys: ``client`` holds the value of ``client`` and the keys after it up to ``ingress`` (see
+    :func:`request_part`: the same for every repeat of a request on a connection, so made once
+    per fast-lane memo), ``server_group`` the value of ``server_group`` and ``server`` (see
+    :func:`pick_part`: made once per server of a group).
+    """
 
     time: str
-    client: str
-    listener: int
-    method: str
-    host: str
-    path: str
-    query: str
+    client: msgspec.Raw  # and listener, method, host, path, query, rule, ingress
+    server_group: msgspec.Raw  # and server
     status: int
     upstream_status: int | None
-    rule: str
-    ingress: str
-    server_group: str
-    server: str
     duration_us: int
     upstream_duration_us: int | None
     bytes_in: int
     bytes_out: int
     retries: int
     request_id: str
+
+
+class _RequestPart(msgspec.Struct, gc=False):
+    client: str
+    listener: int
+    method: str
+    host: str
+    path: str
+    query: str
+    rule: str
+    ingress: str
+
+
+_ENCODE = encode_json = msgspec.json.encode
+_FIRST_KEY = len(b'{"client":')
+
+
+def request_part(
+    client: str, listener: int, method: str, host: str, path: str, query: str, rule: str,
+    ingress: str,
+) -> msgspec.Raw:  # fmt: skip
+    """The ``client`` .. ``ingress`` part of a line: the JSON after ``"client":``."""
+    encoded = _ENCODE(_RequestPart(client, listener, method, host, path, query, rule, ingress))
+    return msgspec.Raw(encoded[_FIRST_KEY:-1])
+
+
+def pick_part(group_label: str, address: str) -> msgspec.Raw:
+    """The ``server_group`` and ``server`` part of a line: the JSON after ``"server_group":``."""
+    return msgspec.Raw(_ENCODE(group_label) + b',"server":' + _ENCODE(address))
+
+
+NO_PICK = pick_part("", "")  # no server was picked: the proxy answered itself
+
+
+def exchange_part(ex: Exchange) -> msgspec.Raw:
+    """The request part of ``ex``'s line (kept on it: a fast-lane memo reuses it)."""
+    rule = ex.rule
+    client = ex.client
+    part = ex.log_part = request_part(
+        client.client_ip,
+        client.listener_port,
+        ex.method,
+        ex.host.decode("latin-1"),
+        ex.path,
+        ex.query,
+        rule.name if rule is not None else "",
+        rule.ingress if rule is not None else "",
+    )
+    return part
 
 
 def parse_destination(value: str) -> str | None:
@@ -129,7 +188,6 @@ class AccessLog:
         self._id_format = escaped + "%x\n"
         self._line_format = b"X-Request-Id: " + escaped.encode("latin-1") + b"%x\r\n\0"
         self._encoder = msgspec.json.Encoder()
-        self._hosts: dict[bytes, str] = {}
         self._offset = time.time() - time.monotonic()  # wall clock minus the records' clock
         self._stamp_until = 0.0  # ``_time`` holds for records before this (monotonic)
         self._time = ""
@@ -139,6 +197,13 @@ class AccessLog:
         self._thread: threading.Thread | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._native: Any = None  # the C observer writing the lines instead of record()
+
+    def attach(self, observer: Any) -> None:
+        """Let ``observer`` (``_speedups.Observer``) write the lines: ``flush`` takes them."""
+        self._native = observer
+        observer.offset = self._offset
+        self.forward_head = observer.forward_head  # type: ignore[method-assign]
 
     # ----------------------------------------------------------------- the hot path
 
@@ -154,33 +219,22 @@ class AccessLog:
         """Keep ``ex``'s line for the next batch (``now``: ``time.monotonic()``)."""
         if now >= self._stamp_until:
             self._stamp(now)
-        host = self._hosts.get(ex.host) or self._host(ex.host)
-        rule = ex.rule
         raw = ex.raw_head
-        client = ex.client
         attempts = ex.attempts
         buf = self.buf
         buf.append(
             Line(
                 self._time,
-                client.client_ip,
-                client.listener_port,
-                ex.method,
-                host,
-                ex.path,
-                ex.query,
+                ex.log_part or exchange_part(ex),
+                pick.log_part if pick is not None else NO_PICK,
                 status,
                 ex.upstream_status or None,
-                rule.name if rule is not None else "",
-                rule.ingress if rule is not None else "",
-                pick.group_label if pick is not None else "",
-                pick.address if pick is not None else "",
                 int(duration * 1e6),
                 int(upstream * 1e6) if upstream >= 0.0 else None,
-                (len(raw) + 2 if raw is not None else _head_size(ex)) + ex.body_in,
+                (len(raw) + 2 if raw is not None else head_size(ex)) + ex.body_in,
                 ex.bytes_out,
                 attempts - 1 if attempts > 1 else 0,
-                ex.request_id or self._id_of(ex),
+                ex.request_id or self.id_of(ex),
             )
         )
         if len(buf) >= FLUSH_LINES:
@@ -196,14 +250,6 @@ class AccessLog:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         self._time = f"{self._second_text}.{milli:03d}Z"
 
-    def _host(self, host: bytes) -> str:
-        text = host.decode("latin-1")
-        if len(host) <= MAX_REMEMBERED_HOST:  # a client's 60 KB Host is decoded, not kept
-            if len(self._hosts) >= MAX_REMEMBERED:
-                self._hosts.clear()
-            self._hosts[host] = text
-        return text
-
     def request_id(self, ex: Exchange) -> bytes:
         """The X-Request-Id line to add upstream: b"" when the client sent one, else a new id.
         Either way ``ex.request_id`` is the request's id afterwards."""
@@ -213,11 +259,22 @@ class AccessLog:
         if rid:
             ex.request_id = rid
             return b""
+        if self._native is not None:  # one count of ids: the observer's
+            line: bytes = self._native.new_id(ex)
+            return line
         ids = self._ids
         if not ids:
             ids = self._new_ids()
         ex.request_id = ids.pop()
         return self._id_lines.pop()
+
+    def forward_head(self, ex: Exchange, head: bytes) -> bytes:
+        """``head`` (a whole request head for the server) with a new X-Request-Id line at its
+        end, unless ``ex`` has an id (the client's) already."""
+        if ex.request_id:
+            return head
+        line = ex.rid_line = self.request_id(ex)
+        return head[:-2] + line + b"\r\n" if line else head
 
     def _new_ids(self) -> list[str]:
         """The next ``ID_BATCH`` ids and their header lines, made in two C-level formats
@@ -231,7 +288,7 @@ class AccessLog:
         lines.pop()
         return ids
 
-    def _id_of(self, ex: Exchange) -> str:
+    def id_of(self, ex: Exchange) -> str:
         """The id of a request that was not forwarded (answered by the proxy itself)."""
         self.request_id(ex)  # its header line goes nowhere
         return ex.request_id or ""
@@ -251,12 +308,17 @@ class AccessLog:
         finally:
             self._offset = time.time() - time.monotonic()  # follows the wall clock's steps
             self._stamp_until = 0.0
+            if self._native is not None:
+                self._native.offset = self._offset
             if self._loop is not None:
                 self._timer = self._loop.call_later(FLUSH_INTERVAL, self._tick)
 
     def flush(self) -> None:
         """Encode the batch and hand it to the writer thread (or drop it when too much is
         waiting); when not started, write it here."""
+        native = self._native
+        if native is not None and native.pending:
+            self._hand(native.take())
         buf = self.buf
         if not buf:
             return
@@ -267,6 +329,10 @@ class AccessLog:
             self.dropped += len(buf)
             log.error("access log: %d lines could not be encoded (%s); dropped", len(buf), exc)
             return
+        self._hand(batch)
+
+    def _hand(self, batch: tuple[bytes, int]) -> None:
+        """Give ``batch`` to the writer thread (or drop it when too much is waiting)."""
         if self._thread is None:
             self.sink.write(batch)
             return
@@ -429,7 +495,8 @@ def _write_pieces(fd: int, data: bytes) -> None:
 # --------------------------------------------------------------------------- request ids
 
 
-def _head_size(ex: Exchange) -> int:
+def head_size(ex: Exchange) -> int:
+    """The size of ``ex``'s head when it was not kept as received (the full parser's)."""
     size = len(ex.method) + len(ex.target) + 12
     for name, value in ex.raw_headers:
         size += len(name) + len(value) + 4

@@ -37,6 +37,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
+
+from albingress.dataplane.accesslog import NO_PICK, pick_part
 from albingress.dataplane.servercookie import COOKIE_MARK, server_cookie_pin
 from albingress.ir import (
     IR,
@@ -86,6 +89,8 @@ class Pick:
     cookie_name: bytes = b""
     cookie_mark: bytes = b""
     tls: bool = False  # the group's protocol is HTTPS: connections to the server use TLS
+    # group_label and address for the access log (accesslog.pick_part)
+    log_part: msgspec.Raw = dataclasses.field(default_factory=lambda: NO_PICK)
 
     @classmethod
     def of(cls, group: ServerGroup, server: Server, key: str) -> Pick:
@@ -95,7 +100,8 @@ class Pick:
         mark = COOKIE_MARK + _tag(key).encode() + b"." if name else b""
         address = f"{server.address}:{server.port}"
         tls = group.protocol is Protocol.HTTPS
-        return cls(group, server, key, None, label, address, name, mark, tls)
+        part = pick_part(label, address)
+        return cls(group, server, key, None, label, address, name, mark, tls, part)
 
     def with_cookie(self, set_cookie: str) -> Pick:
         return dataclasses.replace(self, set_cookie=set_cookie)

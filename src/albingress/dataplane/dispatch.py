@@ -256,17 +256,8 @@ def forward_again(ex: Exchange, action: ForwardAction, pctx: PickContext) -> Non
     ex.sent_at = now = ex.started  # received and sent in the same callback
     conn.begin(ex, ex.head_only, now)
     access_log = ctx.access_log
-    if access_log is not None:
-        if not ex.request_id:
-            ex.rid_line = access_log.request_id(ex)
-        if ex.rid_line:  # a new X-Request-Id, where attach() puts it
-            wire = b"%sX-Forwarded-Host: %s\r\n%s%s%s" % (
-                raw,
-                ex.host,
-                ex.rid_line,
-                client.xff_line,
-                client.forwarded_end,
-            )
+    if access_log is not None and not ex.request_id:
+        wire = access_log.forward_head(ex, wire)  # with a new X-Request-Id
     ex.plain = not ex.head_only
     transport.write(wire)
 

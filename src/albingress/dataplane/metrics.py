@@ -22,6 +22,7 @@ Status 499 stands for "the client went away before an answer was sent" (nginx's 
 from __future__ import annotations
 
 import collections
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,6 +30,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from albingress.ir import IR, server_key
+
+try:
+    from albingress.dataplane import _speedups
+except ImportError:  # built without a C compiler: the same in Python
+    _speedups = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from albingress.dataplane.accesslog import AccessLog
@@ -85,6 +91,10 @@ class WorkerMetrics:
         self.retries: dict[RuleKey, int] = {}
         self.errors: collections.deque[list[Any]] = collections.deque(maxlen=RECENT_ERRORS)
         self.seq = 0
+        # the same bookkeeping in C when it was built (see _speedups.c): ``done`` is its method
+        self.native = _native_observer(self) if clock is time.monotonic else None
+        if self.native is not None:
+            self.done = self.native.done  # type: ignore[method-assign]
 
     # ----------------------------------------------------------------- the hot path
 
@@ -115,27 +125,36 @@ class WorkerMetrics:
             if upstream >= 0.0:
                 hist[_UP + _bisect(_buckets, upstream)] += 1
                 hist[_UP + _NB] += upstream
-            if ex.attempts > 1:
-                rkey = (port, rname)
-                self.retries[rkey] = self.retries.get(rkey, 0) + ex.attempts - 1
-            if status >= 500:
-                self.errors.append(
-                    [
-                        round(self.wall(), 3),
-                        port,
-                        rname,
-                        skey.rpartition("|")[0],
-                        skey,
-                        status,
-                        ex.reason,
-                        ex.method,
-                        ex.host.decode("latin-1"),
-                        ex.path,
-                    ]
-                )
+            if ex.attempts > 1 or status >= 500:
+                self.rare(ex, pick, status)
         log = self.access_log
         if log is not None:
             log.record(ex, pick, status, duration, upstream, now)
+
+    def rare(self, ex: Exchange, pick: Pick | None, status: int) -> None:
+        """What few requests add: retries, and the recent errors the live page shows."""
+        port = ex.client.listener_port
+        rule = ex.rule
+        rname = rule.name if rule is not None else ""
+        if ex.attempts > 1:
+            rkey = (port, rname)
+            self.retries[rkey] = self.retries.get(rkey, 0) + ex.attempts - 1
+        if status >= 500:
+            skey = pick.key if pick is not None else ""
+            self.errors.append(
+                [
+                    round(self.wall(), 3),
+                    port,
+                    rname,
+                    skey.rpartition("|")[0],
+                    skey,
+                    status,
+                    ex.reason,
+                    ex.method,
+                    ex.host.decode("latin-1"),
+                    ex.path,
+                ]
+            )
 
     # ----------------------------------------------------------------- upkeep
 
@@ -145,7 +164,9 @@ class WorkerMetrics:
         servers = {
             server_key(g.id, s.address, s.port) for g in ir.server_groups for s in g.servers
         } | {""}
-        self.series = {k: v for k, v in self.series.items() if k[1] in rules and k[2] in servers}
+        series = self.series  # changed in place: the C observer holds it
+        for key in [k for k in series if k[1] not in rules or k[2] not in servers]:
+            del series[key]
         self.retries = {k: v for k, v in self.retries.items() if k[1] in rules}
 
     def snapshot(self, connections: int = 0, busy: int = 0) -> dict[str, Any]:
@@ -162,6 +183,41 @@ class WorkerMetrics:
             "errors": list(self.errors),
             "log": log.stats() if log is not None else None,
         }
+
+
+def _native_observer(metrics: WorkerMetrics) -> Any:
+    """The C observer doing ``metrics.done`` (and its access log's ``record``), or None: not
+    built, or turned off with ALBINGRESS_PURE_PYTHON=1 (to compare, or to rule it out)."""
+    if _speedups is None or os.environ.get("ALBINGRESS_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    from albingress.dataplane import accesslog
+    from albingress.dataplane.balancer import Pick
+    from albingress.dataplane.exchange import Exchange
+
+    log = metrics.access_log
+    observer = _speedups.Observer(
+        exchange_type=Exchange,
+        pick_type=Pick,
+        buckets=BUCKETS,
+        series=metrics.series if metrics.enabled else None,
+        rare=metrics.rare,
+        log=log is not None,
+        part_of=accesslog.exchange_part,
+        id_of=log.id_of if log is not None else str,
+        head_size=accesslog.head_size,
+        encode=accesslog.encode_json,
+        flush=log.flush if log is not None else _nothing,
+        no_pick=accesslog.NO_PICK,
+        flush_lines=accesslog.FLUSH_LINES,
+        prefix=log.prefix if log is not None else "",
+    )
+    if log is not None:
+        log.attach(observer)
+    return observer
+
+
+def _nothing() -> None:
+    return None
 
 
 # --------------------------------------------------------------------------- adding up workers

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from albingress.dataplane.accesslog import exchange_part
 from albingress.dataplane.balancer import PickContext
 from albingress.dataplane.exchange import Exchange
 from albingress.dataplane.servercookie import COOKIE_MARK, strip_marks
@@ -39,6 +40,8 @@ from albingress.dataplane.wire import FORWARDED, HOP_BY_HOP, client_request_id
 from albingress.ir import ForwardAction
 
 if TYPE_CHECKING:
+    import msgspec
+
     from albingress.dataplane.downstream import ClientConnection
     from albingress.ir import Rule
 
@@ -277,6 +280,7 @@ class RequestMemo:
     rule: Rule
     action: ForwardAction  # the rule's only action
     pick_context: PickContext  # what the balancer is told about this request
+    log_part: msgspec.Raw | None  # its access log part (accesslog.exchange_part), when logged
 
     def exchange(self, client: ClientConnection) -> Exchange:
         """A new exchange for the same request again."""
@@ -289,6 +293,7 @@ class RequestMemo:
         ex.wire_head = self.wire_head
         ex.req_done = True
         ex.rule = self.rule
+        ex.log_part = self.log_part
         return ex
 
 
@@ -310,6 +315,9 @@ def remember(data: bytes, ex: Exchange, generation: int) -> RequestMemo | None:
     pctx = ex.client.last_pick_context  # the one forward() just used, usually
     if pctx is None or not pctx.serves_again(ex.path, ex.query):
         pctx = PickContext(ex.client.client_ip, ex.path, ex.query, None)
+    log_part = ex.log_part
+    if log_part is None and ex.client.ctx.access_log is not None:
+        log_part = exchange_part(ex)
     return RequestMemo(
         data,
         ex.method,
@@ -324,4 +332,5 @@ def remember(data: bytes, ex: Exchange, generation: int) -> RequestMemo | None:
         rule,
         action,
         pctx,
+        log_part,
     )

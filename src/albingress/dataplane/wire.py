@@ -135,9 +135,10 @@ def request_head(ex: Exchange, server: Server | None) -> list[bytes]:
             b"X-Forwarded-Host: ",
             ex.host,
             CRLF,
-            ex.rid_line,
             client.xff_line,
-            client.forwarded_end,
+            client.forwarded_const,
+            ex.rid_line,  # last, as AccessLog.forward_head puts it
+            CRLF,
         ]
     parts = [ex.method.encode(), b" ", ex.target, b" HTTP/1.1\r\n"]
     for name, value in ex.headers:
