@@ -9,7 +9,8 @@ under wrk.
 Everything runs on loopback (backends on 127.0.1.1 / 127.0.1.2, fronts on 127.0.0.1), one
 albingress worker each (``--workers``: more). Rounds are interleaved (off, metrics,
 metrics+log, off, ...) so that a change in the machine's load hits every variant alike; the
-figures are medians over rounds. ``--python`` adds ``metrics+log-py``: the same as
+figures are medians over rounds, and each "vs off" is the median of the round-by-round ratios
+(paired: the machine's speed drifts between rounds more than the costs measured). ``--python`` adds ``metrics+log-py``: the same as
 ``metrics+log`` with the C part turned off (``ALBINGRESS_PURE_PYTHON=1``), what an install
 without a C compiler pays.
 Because wrk, albingress and nginx share the cores, requests per CPU-second of albingress (its
@@ -71,6 +72,20 @@ class Variant:
         return statistics.median(
             r.requests / c for r, c in zip(self.results, self.cpu, strict=True) if c > 0
         )
+
+    def vs(self, base: Variant, what: str) -> float:
+        """The median over rounds of this variant's figure over ``base``'s in the same round:
+        the machine's speed drifts by more than the costs measured here (+-10% from one round to
+        the next), and the variants of one round ran side by side within seconds."""
+        ratios = []
+        for mine, theirs, my_cpu, their_cpu in zip(
+            self.results, base.results, self.cpu, base.cpu, strict=True
+        ):
+            if what == "rps":
+                ratios.append(mine.rps / theirs.rps)
+            elif my_cpu > 0 and their_cpu > 0:
+                ratios.append((mine.requests / my_cpu) / (theirs.requests / their_cpu))
+        return statistics.median(ratios) if ratios else 0.0
 
     def p99(self) -> float:
         return statistics.median(r.p99_ms for r in self.results)
@@ -162,8 +177,8 @@ def main() -> int:
         print(f"\n{'variant':18}{'req/s':>10}{'vs off':>8}{'req/CPU-s':>11}{'vs off':>8}"
               f"{'p99 ms':>8}")  # fmt: skip
         for v in variants:
-            print(f"{v.name:18}{v.rps():10.0f}{v.rps() / base.rps():8.3f}{v.per_cpu():11.0f}"
-                  f"{v.per_cpu() / base.per_cpu():8.3f}{v.p99():8.2f}")  # fmt: skip
+            print(f"{v.name:18}{v.rps():10.0f}{v.vs(base, 'rps'):8.3f}{v.per_cpu():11.0f}"
+                  f"{v.vs(base, 'cpu'):8.3f}{v.p99():8.2f}")  # fmt: skip
         print()
         for v in variants[1:]:
             n = counted(v)

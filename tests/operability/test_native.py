@@ -4,7 +4,9 @@ compiler is (a build that silently fell back to Python would halve the benchmark
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -15,19 +17,21 @@ import msgspec
 import pytest
 
 from albingress import ir
-from albingress.dataplane import accesslog, metrics
+from albingress.dataplane import accesslog, metrics, native
 from albingress.dataplane.accesslog import AccessLog
 from albingress.dataplane.balancer import Pick
 from albingress.dataplane.exchange import Exchange
 from albingress.dataplane.metrics import WorkerMetrics
 
-speedups = metrics._speedups
+speedups = native.speedups()
 
 
 def test_the_c_part_is_built_where_a_compiler_is() -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the Python path serves alone")
-    assert speedups is not None, "albingress.dataplane._speedups was not built (see setup.py)"
+    assert native.built(), "albingress.dataplane._speedups was not built (see setup.py)"
+    if speedups is None:
+        pytest.skip("built, turned off by ALBINGRESS_PURE_PYTHON")
     assert isinstance(WorkerMetrics().native, speedups.Observer)
 
 
@@ -226,3 +230,116 @@ def test_c_refuses_what_it_cannot_use() -> None:
         speedups.Observer(**kwargs)
     with pytest.raises(ValueError, match="prefix"):
         speedups.Observer(**{**kwargs, "buckets": metrics.BUCKETS, "prefix": 'a"b'})
+
+
+# --------------------------------------------------------------------------- the C writer
+
+
+def _lines(log: AccessLog, n: int, pad: int = 0, start: int = 0) -> None:
+    for i in range(start, start + n):
+        log.record(
+            SimpleNamespace(**{**vars(_stand_in()), "path": f"/{i}" + "p" * pad}), None, 200,
+            0.1, -1.0, 1.0,
+        )  # fmt: skip
+
+
+@needs_c
+def test_the_c_writer_writes_every_batch_in_order(tmp_path: Path) -> None:
+    target = tmp_path / "a.log"
+
+    async def scenario() -> dict[str, Any]:
+        log = AccessLog(path=str(target))
+        log.start(asyncio.get_running_loop())
+        assert log._writer is not None and log._thread is None
+        for n in range(3000):  # more than one batch, flushed by size and by the timer
+            _lines(log, 1, n % 50, n)
+            if n % 700 == 0:
+                await asyncio.sleep(0.12)
+        log.close()
+        return log.stats()
+
+    stats = asyncio.run(scenario())
+    paths = [json.loads(x)["path"].rstrip("p") for x in target.read_text().splitlines()]
+    assert paths == [f"/{n}" for n in range(3000)]
+    assert stats == {"lines": 3000, "dropped": 0, "failures": 0, "error": ""}
+
+
+@needs_c
+def test_c_writers_sharing_a_pipe_never_cut_a_line() -> None:
+    read_fd, write_fd = os.pipe()
+    assert speedups is not None
+    writers = [speedups.Writer(write_fd, True) for _ in range(3)]
+    sent = 0
+    for w, writer in enumerate(writers):
+        for b in range(4):
+            data = b"".join(
+                json.dumps({"w": w, "b": b, "i": i, "pad": "x" * (i * 37 % 900)}).encode() + b"\n"
+                for i in range(400)
+            )
+            assert writer.put(data, 400)
+            sent += 400
+    got = b""
+    try:
+        while got.count(b"\n") < sent:  # the writers block on the full pipe until this reads
+            got += os.read(read_fd, 1 << 16)
+        assert all(writer.close(2.0) for writer in writers)
+        records = [json.loads(line) for line in got.splitlines()]  # every line whole
+        assert len(records) == sent
+        for w in range(3):
+            mine = [(r["b"], r["i"]) for r in records if r["w"] == w]
+            assert mine == [(b, i) for b in range(4) for i in range(400)]  # in order
+        assert [writer.stats()[:4] for writer in writers] == [(1600, 0, 0, 0)] * 3
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+@needs_c
+def test_a_failing_c_writer_is_reported_and_serving_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+
+    async def scenario() -> dict[str, Any]:
+        log = AccessLog(fd=full)
+        log.start(asyncio.get_running_loop())
+        assert log._writer is not None
+        _lines(log, 5)
+        await asyncio.sleep(0.3)  # the timer flushes, the writer fails, the tick reports
+        _lines(log, 2)
+        log.close()
+        return log.stats()
+
+    try:
+        stats = asyncio.run(scenario())
+    finally:
+        os.close(full)
+    assert stats["lines"] == 0 and stats["dropped"] == 7 and stats["failures"] == 2
+    assert "No space left on device" in stats["error"]
+    assert caplog.text.count("cannot write the access log") == 1  # once, not per batch
+    assert "serving goes on" in caplog.text
+
+
+@needs_c
+def test_close_leaves_the_descriptor_of_a_stuck_c_writer_alone() -> None:
+    read_fd, write_fd = os.pipe()
+    log = AccessLog(fd=write_fd)
+
+    async def scenario() -> bool:
+        log.start(asyncio.get_running_loop())
+        _lines(log, 3000, 100)  # far more than a pipe holds: the writer blocks
+        log.flush()
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        log.close(timeout=0.2)
+        return time.monotonic() - started < 1.0
+
+    try:
+        assert asyncio.run(scenario())  # close() gave up after its timeout
+        assert log._writer is not None and log.sink.closed
+        os.fstat(write_fd)  # still open: the writer is still in write() on it
+    finally:
+        os.close(read_fd)  # the blocked write fails (EPIPE) and the writer ends
+        time.sleep(0.1)
+        os.close(write_fd)
+    assert log._writer.close(1.0)  # ended

@@ -11,6 +11,10 @@
  * What needs Python (a request part not made yet, a request id to generate, a head to measure,
  * a string to escape) is asked of the callbacks given at construction.
  *
+ * A Writer is the access log's writer thread without Python: batches of lines are copied into
+ * a queue and a thread of its own writes them, so writing never needs the GIL (a Python writer
+ * thread took it back after every write, and a busy event loop paid for every hand-over).
+ *
  * The Exchange and Pick classes keep these attributes in __slots__: their member descriptors'
  * offsets are read once, and an instance of exactly that class is read directly; anything
  * else (a test's stand-in) through getattr.
@@ -18,8 +22,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define NB 15              /* buckets per histogram, the last one +Inf (metrics._NB) */
 #define UP (NB + 1)        /* where the upstream histogram starts in a series (metrics._UP) */
@@ -910,6 +919,326 @@ static PyTypeObject ObserverType = {
     .tp_getset = Observer_getset,
 };
 
+
+/* ------------------------------------------------------------------ Writer */
+
+#define PIPE_ATOMIC 4096 /* POSIX PIPE_BUF: writes up to this size to a pipe are atomic */
+
+typedef struct Chunk {
+    struct Chunk *next;
+    Py_ssize_t len, lines;
+    char data[];
+} Chunk;
+
+/* shared by the Writer object and its thread; freed by whichever lets go last */
+typedef struct {
+    int fd, pipe;
+    pthread_mutex_t mu;
+    pthread_cond_t wake, changed;
+    Chunk *head, *tail;
+    int refs;                 /* the object, the thread */
+    int stopping, finished;
+    Py_ssize_t pending;       /* bytes queued or being written */
+    unsigned long long lines, dropped, failures;
+    int error;                /* errno of the last write when it failed, else 0 */
+} WriterState;
+
+typedef struct {
+    PyObject_HEAD
+    WriterState *st;
+    pthread_t thread;
+    int joinable;
+} Writer;
+
+static void
+state_release(WriterState *st)
+{
+    pthread_mutex_lock(&st->mu);
+    int last = --st->refs == 0;
+    pthread_mutex_unlock(&st->mu);
+    if (!last)
+        return;
+    for (Chunk *c = st->head; c != NULL;) {
+        Chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    pthread_cond_destroy(&st->wake);
+    pthread_cond_destroy(&st->changed);
+    pthread_mutex_destroy(&st->mu);
+    free(st);
+}
+
+static int
+write_all(int fd, const char *p, Py_ssize_t n)
+{
+    while (n > 0) {
+        ssize_t k = write(fd, p, (size_t)n);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) { /* a non-blocking destination */
+                struct pollfd pf = {.fd = fd, .events = POLLOUT};
+                poll(&pf, 1, 1000);
+                continue;
+            }
+            return errno;
+        }
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* to a pipe, whole lines in writes of at most PIPE_ATOMIC bytes (a longer line goes alone), so
+ * that the lines of several workers sharing the pipe never interleave (as accesslog.py) */
+static int
+write_chunk(WriterState *st, const char *p, Py_ssize_t n)
+{
+    if (!st->pipe || n <= PIPE_ATOMIC)
+        return write_all(st->fd, p, n);
+    Py_ssize_t start = 0;
+    while (start < n) {
+        Py_ssize_t stop = start + PIPE_ATOMIC;
+        if (stop >= n)
+            stop = n;
+        else {
+            Py_ssize_t cut = stop - 1;
+            while (cut >= start && p[cut] != '\n')
+                cut--;
+            if (cut >= start)
+                stop = cut + 1;
+            else {
+                const char *nl = memchr(p + stop, '\n', (size_t)(n - stop));
+                stop = nl != NULL ? nl - p + 1 : n;
+            }
+        }
+        int err = write_all(st->fd, p + start, stop - start);
+        if (err)
+            return err;
+        start = stop;
+    }
+    return 0;
+}
+
+static void *
+writer_run(void *arg)
+{
+    WriterState *st = arg;
+    pthread_mutex_lock(&st->mu);
+    for (;;) {
+        while (st->head == NULL && !st->stopping)
+            pthread_cond_wait(&st->wake, &st->mu);
+        Chunk *c = st->head;
+        if (c == NULL)
+            break; /* closing, and everything written */
+        st->head = c->next;
+        if (st->head == NULL)
+            st->tail = NULL;
+        pthread_mutex_unlock(&st->mu);
+        int err = write_chunk(st, c->data, c->len);
+        pthread_mutex_lock(&st->mu);
+        if (err) {
+            st->failures++;
+            st->dropped += (unsigned long long)c->lines;
+        }
+        else
+            st->lines += (unsigned long long)c->lines;
+        st->error = err;
+        st->pending -= c->len;
+        free(c);
+        pthread_cond_broadcast(&st->changed);
+    }
+    st->finished = 1;
+    pthread_cond_broadcast(&st->changed);
+    pthread_mutex_unlock(&st->mu);
+    state_release(st);
+    return NULL;
+}
+
+static int
+Writer_init(Writer *w, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fd", "pipe", NULL};
+    int fd, pipe_ = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|p", kwlist, &fd, &pipe_))
+        return -1;
+    if (w->st != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a Writer is initialised once");
+        return -1;
+    }
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "fd: an open descriptor");
+        return -1;
+    }
+    WriterState *st = calloc(1, sizeof(WriterState));
+    if (st == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    st->fd = fd;
+    st->pipe = pipe_;
+    st->refs = 2;
+    pthread_mutex_init(&st->mu, NULL);
+    pthread_cond_init(&st->wake, NULL);
+    pthread_cond_init(&st->changed, NULL);
+    int rc = pthread_create(&w->thread, NULL, writer_run, st);
+    if (rc != 0) {
+        st->refs = 1;
+        state_release(st);
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    w->st = st;
+    w->joinable = 1;
+    return 0;
+}
+
+static PyObject *
+Writer_put(Writer *w, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "put(data, lines)");
+        return NULL;
+    }
+    WriterState *st = w->st;
+    if (st == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the Writer is not initialised");
+        return NULL;
+    }
+    Py_ssize_t lines = PyLong_AsSsize_t(args[1]);
+    if (lines == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Chunk *c = malloc(sizeof(Chunk) + (size_t)view.len);
+    if (c == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    memcpy(c->data, view.buf, (size_t)view.len);
+    c->len = view.len;
+    c->lines = lines;
+    c->next = NULL;
+    PyBuffer_Release(&view);
+    pthread_mutex_lock(&st->mu);
+    int taken = !st->stopping;
+    if (taken) {
+        if (st->tail != NULL)
+            st->tail->next = c;
+        else
+            st->head = c;
+        st->tail = c;
+        st->pending += c->len;
+        pthread_cond_signal(&st->wake);
+    }
+    pthread_mutex_unlock(&st->mu);
+    if (!taken)
+        free(c);
+    return PyBool_FromLong(taken);
+}
+
+static PyObject *
+Writer_stats(Writer *w, PyObject *Py_UNUSED(ignored))
+{
+    WriterState *st = w->st;
+    if (st == NULL)
+        return Py_BuildValue("(KKKin)", 0ULL, 0ULL, 0ULL, 0, (Py_ssize_t)0);
+    pthread_mutex_lock(&st->mu);
+    unsigned long long lines = st->lines, dropped = st->dropped, failures = st->failures;
+    int error = st->error;
+    Py_ssize_t pending = st->pending;
+    pthread_mutex_unlock(&st->mu);
+    return Py_BuildValue("(KKKin)", lines, dropped, failures, error, pending);
+}
+
+static PyObject *
+Writer_close(Writer *w, PyObject *const *args, Py_ssize_t nargs)
+{
+    double timeout = 2.0;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "close([timeout])");
+        return NULL;
+    }
+    if (nargs == 1) {
+        timeout = PyFloat_AsDouble(args[0]);
+        if (timeout == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    WriterState *st = w->st;
+    if (st == NULL)
+        Py_RETURN_TRUE;
+    int finished;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    double whole = (double)(long long)timeout;
+    deadline.tv_sec += (time_t)whole;
+    deadline.tv_nsec += (long)((timeout - whole) * 1e9);
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&st->mu);
+    st->stopping = 1;
+    pthread_cond_signal(&st->wake);
+    while (!st->finished) {
+        if (pthread_cond_timedwait(&st->changed, &st->mu, &deadline) == ETIMEDOUT)
+            break;
+    }
+    finished = st->finished;
+    pthread_mutex_unlock(&st->mu);
+    Py_END_ALLOW_THREADS
+    if (finished && w->joinable) {
+        pthread_join(w->thread, NULL);
+        w->joinable = 0;
+    }
+    return PyBool_FromLong(finished);
+}
+
+static void
+Writer_dealloc(Writer *w)
+{
+    WriterState *st = w->st;
+    if (st != NULL) {
+        pthread_mutex_lock(&st->mu);
+        st->stopping = 1; /* what is queued is still written; a stuck write keeps the thread */
+        pthread_cond_signal(&st->wake);
+        pthread_mutex_unlock(&st->mu);
+        if (w->joinable)
+            pthread_detach(w->thread);
+        state_release(st);
+    }
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))Writer_put, METH_FASTCALL,
+     "put(data, lines) -> bool: queue lines for the thread (False once closing)"},
+    {"stats", (PyCFunction)Writer_stats, METH_NOARGS,
+     "stats() -> (lines written, lines dropped, failed writes, errno of the last write or 0, "
+     "bytes pending)"},
+    {"close", (PyCFunction)(void (*)(void))Writer_close, METH_FASTCALL,
+     "close([timeout]) -> bool: write what is queued and end the thread; False if it is still "
+     "writing after timeout seconds (its descriptor must then stay open)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "albingress.dataplane._speedups.Writer",
+    .tp_basicsize = sizeof(Writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Writer(fd, pipe=False): writes batches of access log lines from a thread of its "
+              "own, without the GIL (the descriptor is not closed here).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Writer_init,
+    .tp_dealloc = (destructor)Writer_dealloc,
+    .tp_methods = Writer_methods,
+};
+
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_speedups",
@@ -920,7 +1249,7 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&ObserverType) < 0)
+    if (PyType_Ready(&ObserverType) < 0 || PyType_Ready(&WriterType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)
@@ -928,6 +1257,12 @@ PyInit__speedups(void)
     Py_INCREF(&ObserverType);
     if (PyModule_AddObject(m, "Observer", (PyObject *)&ObserverType) < 0) {
         Py_DECREF(&ObserverType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&WriterType);
+    if (PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) {
+        Py_DECREF(&WriterType);
         Py_DECREF(m);
         return NULL;
     }

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from albingress.dataplane.native import speedups
 from albingress.dataplane.wire import client_request_id
 
 if TYPE_CHECKING:
@@ -198,6 +199,8 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._native: Any = None  # the C observer writing the lines instead of record()
+        self._writer: Any = None  # the C writer thread (_speedups.Writer), when started with one
+        self._writer_failures = 0  # its failed writes, as last seen
 
     def attach(self, observer: Any) -> None:
         """Let ``observer`` (``_speedups.Observer``) write the lines: ``flush`` takes them."""
@@ -296,15 +299,25 @@ class AccessLog:
     # ----------------------------------------------------------------- batches
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the writer thread and the periodic flush."""
+        """Start the writer thread and the periodic flush.
+
+        The writer is the C one when it is built and the destination opens now: it never takes
+        the GIL. Else (or for a file that cannot be opened yet, tried again every 5 s) it is a
+        Python thread."""
         self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
-        self._thread.start()
+        native = speedups()
+        fd = self.sink._open() if native is not None else None
+        if native is not None and fd is not None:
+            self._writer = native.Writer(fd, self.sink._is_pipe)
+        else:
+            self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+            self._thread.start()
         self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
 
     def _tick(self) -> None:
         try:
             self.flush()
+            self._check_writer()
         finally:
             self._offset = time.time() - time.monotonic()  # follows the wall clock's steps
             self._stamp_until = 0.0
@@ -333,7 +346,8 @@ class AccessLog:
 
     def _hand(self, batch: tuple[bytes, int]) -> None:
         """Give ``batch`` to the writer thread (or drop it when too much is waiting)."""
-        if self._thread is None:
+        writer = self._writer
+        if self._thread is None and writer is None:
             self.sink.write(batch)
             return
         size = len(batch[0])
@@ -350,6 +364,10 @@ class AccessLog:
         if self.stuck and pending < MAX_PENDING // 2:
             log.warning("access log: the destination takes lines again (%d dropped)", self.dropped)
             self.stuck = ""
+        if writer is not None:
+            if not writer.put(*batch):  # closed
+                self.dropped += batch[1]
+            return
         self.queued += size
         self._queue.put(batch)
 
@@ -359,6 +377,13 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         self.flush()
+        writer = self._writer
+        if writer is not None:
+            finished = writer.close(timeout)
+            self._check_writer()
+            if not finished:  # stuck writing: its descriptor stays open until exit
+                self.sink.closed = True
+                return
         thread = self._thread
         if thread is not None:
             self._queue.put(None)
@@ -372,16 +397,40 @@ class AccessLog:
     @property
     def pending(self) -> int:
         """Bytes handed to the writer thread, not yet written."""
+        if self._writer is not None:
+            pending: int = self._writer.stats()[4]
+            return pending
         return self.queued - self.done
 
     def stats(self) -> dict[str, Any]:
         sink = self.sink
+        lines, dropped, failures = sink.lines, self.dropped + sink.dropped, self.failures
+        if self._writer is not None:
+            self._check_writer()
+            written, lost, failed, _, _ = self._writer.stats()
+            lines, dropped, failures = lines + written, dropped + lost, failures + failed
         return {
-            "lines": sink.lines,
-            "dropped": self.dropped + sink.dropped,
-            "failures": self.failures + sink.failures,
+            "lines": lines,
+            "dropped": dropped,
+            "failures": failures + sink.failures,
             "error": self.stuck or sink.error,
         }
+
+    def _check_writer(self) -> None:
+        """Report the C writer's failures as the Python one does: once, until it writes again."""
+        if self._writer is None:
+            return
+        _, dropped, failures, error, _ = self._writer.stats()
+        sink = self.sink
+        if failures > self._writer_failures:
+            self._writer_failures = failures
+            message = f"cannot write the access log: {os.strerror(error) if error else 'failed'}"
+            if not sink.error:
+                log.error("%s; lines are dropped until it works again, serving goes on", message)
+            sink.error = message
+        elif sink.error and not error:
+            log.warning("access log: writing again (%d lines dropped so far)", dropped)
+            sink.error = ""
 
     def _run(self) -> None:
         while True:

@@ -22,19 +22,14 @@ Status 499 stands for "the client went away before an answer was sent" (nginx's 
 from __future__ import annotations
 
 import collections
-import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from albingress.dataplane.native import speedups
 from albingress.ir import IR, server_key
-
-try:
-    from albingress.dataplane import _speedups
-except ImportError:  # built without a C compiler: the same in Python
-    _speedups = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from albingress.dataplane.accesslog import AccessLog
@@ -188,14 +183,15 @@ class WorkerMetrics:
 def _native_observer(metrics: WorkerMetrics) -> Any:
     """The C observer doing ``metrics.done`` (and its access log's ``record``), or None: not
     built, or turned off with ALBINGRESS_PURE_PYTHON=1 (to compare, or to rule it out)."""
-    if _speedups is None or os.environ.get("ALBINGRESS_PURE_PYTHON", "") not in ("", "0"):
+    native = speedups()
+    if native is None:
         return None
     from albingress.dataplane import accesslog
     from albingress.dataplane.balancer import Pick
     from albingress.dataplane.exchange import Exchange
 
     log = metrics.access_log
-    observer = _speedups.Observer(
+    observer = native.Observer(
         exchange_type=Exchange,
         pick_type=Pick,
         buckets=BUCKETS,
