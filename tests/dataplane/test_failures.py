@@ -90,6 +90,35 @@ async def test_a_pooled_connection_closed_by_the_server_is_retried_transparently
 
 
 @aio
+async def test_a_server_that_restarted_costs_no_request_however_many_connections_were_pooled():
+    # the server closed every kept-alive connection (it restarted): a retry that took the next
+    # pooled one would find it closed too and use up the retries; it takes a new connection
+    h = Harness(make_ir(SERVERS[:1]), ProxySettings(max_retries=1))
+    clients = [h.client() for _ in range(3)]
+    for client, _ in clients:
+        feed(client, GET)
+    await h.settle()
+    pooled = [up for _, up, _ in h.upstreams]
+    assert len(pooled) == 3
+    for up in pooled:
+        feed(up, response(b"one"))
+    assert len(h.ctx.pool.idle[pooled[0].key]) == 3
+    client, ct = clients[0]
+    ct.take()
+    feed(client, GET)
+    await h.settle()
+    for _ in range(3):  # whichever pooled connection it was sent on is found closed
+        for up in pooled:
+            if up.exchange is not None:
+                up.connection_lost(None)
+        await h.settle(10)
+    fresh = [up for _, up, _ in h.upstreams if up not in pooled]
+    assert len(fresh) == 1
+    feed(fresh[0], response(b"two"))
+    assert ct.take().endswith(b"two")
+
+
+@aio
 async def test_a_post_whose_body_was_sent_is_not_retried():
     h = Harness(make_ir(SERVERS[:1]))
     client, ct = h.client()

@@ -208,7 +208,7 @@ def forward(ex: Exchange) -> None:
     ex.pick = pick
     ex.attempts += 1
     ctx.balancer.acquire(pick.key)
-    conn = ctx.pool.take(pick.key, pick.tls)
+    conn = ctx.pool.take(pick.key, pick.tls) if not ex.fresh else None
     if conn is not None:
         ex.attach(conn, reused=True)
     else:

@@ -102,6 +102,7 @@ class Exchange:
     resp_chunked = False
     reason = ""  # why the proxy answered an error itself
     connect_error = ""  # why the last server tried could not be connected to
+    fresh = False  # the next try takes a new connection (a pooled one was found closed)
 
     def __init__(
         self,
@@ -353,20 +354,27 @@ class Exchange:
             return
         ctx = self.client.ctx
         pick = self.pick
+        # a kept-alive connection found closed (the server closed it idle, or restarted) is not
+        # the server's failure: the request is tried again, on a new connection, without using
+        # up a retry (the next pooled one may be closed too); a new connection lost counts
+        stale = self.reused
         retry = (
             not conn.got_bytes
             and not self.body_sent
             and not self.upgrade
             and self.method in IDEMPOTENT
-            and self.attempts <= ctx.settings.max_retries
+            and (stale or self.attempts <= ctx.settings.max_retries)
         )
         if pick is not None:
             ctx.balancer.release(pick.key)
             self.pick = None
-            if not self.reused:
+            if not stale:
                 ctx.balancer.report_failure(pick.key)
                 self.tried = self.tried | {pick.key}
         if retry:
+            if stale:
+                self.attempts -= 1
+                self.fresh = True
             self.forward()
         else:
             self.fail(502, "the server closed the connection before answering")
