@@ -113,6 +113,10 @@ def _cases() -> list[tuple[Any, Pick | None]]:
         (_stand_in(), svc),  # the head size of a full-parser request, a body
         (_stand_in(status=503, attempts=2, request_id="", bytes_out=2**40), a),
         (_stand_in(status=200, rule=None), None),
+        # values beyond a C long long, and None where an int is kept: logged as Python does
+        (_real(bytes_out=2**63 + 5, upstream_status=None), a),
+        (_stand_in(body_in=2**63 - 10, raw_head=b"GET / HTTP/1.1\r\nHost: h"), a),
+        (_real(bytes_out=None), a),
     ]
 
 
@@ -220,12 +224,7 @@ def test_c_refuses_what_it_cannot_use() -> None:
         wm.native.forward_head(_real(), b"GET / HTTP/1.1\r\n")
     with pytest.raises(TypeError):
         wm.native.done(_real(status="200"), None)  # a status is an int
-    kwargs: dict[str, Any] = {
-        "exchange_type": Exchange, "pick_type": Pick, "buckets": metrics.BUCKETS[:3],
-        "series": {}, "rare": print, "log": False, "part_of": print, "id_of": str,
-        "head_size": len, "encode": msgspec.json.encode, "flush": print,
-        "no_pick": accesslog.NO_PICK, "flush_lines": 8, "prefix": "p",
-    }  # fmt: skip
+    kwargs = {**_observer_kwargs(), "buckets": metrics.BUCKETS[:3]}
     with pytest.raises(ValueError, match="buckets"):
         speedups.Observer(**kwargs)
     with pytest.raises(ValueError, match="prefix"):
@@ -343,3 +342,82 @@ def test_close_leaves_the_descriptor_of_a_stuck_c_writer_alone() -> None:
         time.sleep(0.1)
         os.close(write_fd)
     assert log._writer.close(1.0)  # ended
+
+
+@needs_c
+def test_an_id_made_for_a_proxy_answer_is_not_taken_for_the_clients(tmp_path: Path) -> None:
+    from albingress.dataplane.request import _client_id
+
+    for c in (False, True):
+        log = AccessLog(path=str(tmp_path / f"{c}.log"), prefix="m")
+        if c:
+            WorkerMetrics(access_log=log)
+        ex = _real()  # a fast-lane request the proxy answered itself (e.g. 503): no id sent
+        assert log.id_of(ex) == "m1"
+        assert ex.rid_line == b"X-Request-Id: m1\r\n"
+        assert _client_id(ex, ex.raw_head or b"") == ""  # a memo of it makes a new id each time
+        log.close()
+
+
+@needs_c
+@pytest.mark.parametrize("head_id", [b"", b"X-Request-Id: from-client\r\n"])
+def test_forward_head_looks_for_the_clients_id_when_not_looked_for_yet(
+    tmp_path: Path, head_id: bytes
+) -> None:
+    head = b"GET /p HTTP/1.1\r\nHost: h\r\n" + head_id + b"\r\n"
+    results = []
+    for c in (False, True):
+        log = AccessLog(path=str(tmp_path / f"{c}.log"), prefix="f")
+        if c:
+            WorkerMetrics(access_log=log)
+        ex = _real(request_id=None, raw_head=head[:-2])
+        results.append((log.forward_head(ex, head), ex.request_id, ex.rid_line))
+        log.close()
+    assert results[0] == results[1]
+    if head_id:
+        assert results[1] == (head, "from-client", b"")
+    else:
+        assert results[1][1] == "f1" and results[1][0].endswith(b"X-Request-Id: f1\r\n\r\n")
+
+
+@needs_c
+@pytest.mark.parametrize("timeout", [-1.0, float("nan"), 0.0])
+def test_closing_a_stuck_c_writer_returns_whatever_the_timeout(timeout: float) -> None:
+    assert speedups is not None
+    read_fd, write_fd = os.pipe()
+    writer = speedups.Writer(write_fd, True)
+    try:
+        assert writer.put((b"x" * 200 + b"\n") * 1000, 1000)  # more than the pipe holds
+        time.sleep(0.05)
+        started = time.monotonic()
+        assert writer.close(timeout) is False  # stuck in write()
+        assert time.monotonic() - started < 0.5
+    finally:
+        os.close(read_fd)
+        time.sleep(0.05)
+        os.close(write_fd)
+    assert writer.close(1.0)
+
+
+@needs_c
+def test_an_observer_used_before_or_again_after_init_refuses() -> None:
+    assert speedups is not None
+    bare = speedups.Observer.__new__(speedups.Observer)
+    for call in (lambda: bare.done(None, None), bare.take, lambda: bare.new_id(None)):
+        with pytest.raises(RuntimeError, match="not initialised"):
+            call()
+    log = AccessLog(path=os.devnull, prefix="pp")
+    wm = WorkerMetrics(access_log=log)
+    with pytest.raises(RuntimeError, match="once"):
+        wm.native.__init__(**{**_observer_kwargs(), "prefix": "zz"})
+    assert log.id_of(_real()) == "pp1"  # the refused init changed nothing
+    log.close()
+
+
+def _observer_kwargs() -> dict[str, Any]:
+    return {
+        "exchange_type": Exchange, "pick_type": Pick, "buckets": metrics.BUCKETS,
+        "series": {}, "rare": print, "log": False, "part_of": print, "id_of": str,
+        "head_size": len, "encode": msgspec.json.encode, "flush": print,
+        "no_pick": accesslog.NO_PICK, "flush_lines": 8, "prefix": "p", "record": print,
+    }  # fmt: skip

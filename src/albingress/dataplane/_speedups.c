@@ -62,6 +62,7 @@ typedef struct {
     /* access log */
     int log;
     PyObject *part_of;      /* callable(ex) -> the request part (bytes-like) */
+    PyObject *record;       /* AccessLog.record: a line with values the C code does not take */
     PyObject *id_of;        /* callable(ex) -> str: the id of a request that has none yet */
     PyObject *head_size;    /* callable(ex) -> int: the size of a head not kept as received */
     PyObject *encode;       /* callable(str) -> bytes: a JSON string */
@@ -275,8 +276,9 @@ stamp(Observer *o, double now)
     if (second != o->second) {
         time_t t = (time_t)second;
         struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(o->second_text, sizeof(o->second_text), "%Y-%m-%dT%H:%M:%S", &tm);
+        if (gmtime_r(&t, &tm) == NULL ||
+            strftime(o->second_text, sizeof(o->second_text), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+            strcpy(o->second_text, "1970-01-01T00:00:00"); /* a clock beyond reason */
         o->second = second;
     }
     o->time_len = snprintf(o->time_text, sizeof(o->time_text), "%s.%03lldZ", o->second_text,
@@ -429,14 +431,88 @@ micros(double seconds)
     return (long long)us;
 }
 
+/* A number of the line as Python's has it: an int of any size, or null (None; 0 too for a
+ * status that means "none") */
+typedef struct {
+    long long v;
+    PyObject *text; /* str(): an int beyond long long */
+    int null;
+} Num;
+
+static int
+num_of(PyObject *v, int zero_is_null, Num *n)
+{
+    n->v = 0;
+    n->text = NULL;
+    n->null = 0;
+    if (v == Py_None) {
+        n->null = 1;
+        return 0;
+    }
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "an int expected, not %.80s", Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow) {
+        n->text = PyObject_Str(v);
+        return n->text != NULL ? 0 : -1;
+    }
+    if (zero_is_null && x == 0)
+        n->null = 1;
+    n->v = x;
+    return 0;
+}
+
+static int
+put_num(Observer *o, const Num *n)
+{
+    if (n->text != NULL) {
+        Py_ssize_t len;
+        const char *t = PyUnicode_AsUTF8AndSize(n->text, &len);
+        if (t == NULL || reserve(o, len) < 0)
+            return -1;
+        put(o, t, len);
+        return 0;
+    }
+    if (reserve(o, 24) < 0)
+        return -1;
+    if (n->null)
+        PUT_LITERAL(o, "null");
+    else
+        put_ll(o, n->v);
+    return 0;
+}
+
+/* bytes_in: the head's size (raw head kept: its length and the final CRLF; else Python's
+ * head_size) plus the body's */
+static int
+bytes_in(Observer *o, PyObject *ex, PyObject *raw, PyObject *body, Num *n)
+{
+    PyObject *head = PyBytes_Check(raw) ? PyLong_FromSsize_t(PyBytes_GET_SIZE(raw) + 2)
+                                        : PyObject_CallOneArg(o->head_size, ex);
+    if (head == NULL)
+        return -1;
+    PyObject *sum = PyNumber_Add(head, body);
+    Py_DECREF(head);
+    if (sum == NULL)
+        return -1;
+    int rc = num_of(sum, 0, n);
+    Py_DECREF(sum);
+    return rc;
+}
+
 static int
 line(Observer *o, PyObject *ex, PyObject *pick, long long status, long long attempts,
      double duration, double upstream, double now)
 {
     int rc = -1;
-    PyObject *part = NULL, *pick_part = NULL, *ustatus = NULL, *raw = NULL, *body_in = NULL,
-             *bytes_out = NULL, *rid = NULL;
-    long long ustatus_v, head, body_v, out_v;
+    PyObject *part = NULL, *pick_part = NULL, *ustatus = NULL, *raw = NULL, *body = NULL,
+             *out = NULL, *rid = NULL;
+    Num ustatus_n = {0}, in_n = {0}, out_n = {0};
 
     if ((part = get(&o->ex, ex, EX_LOG_PART)) == NULL)
         goto done;
@@ -445,29 +521,28 @@ line(Observer *o, PyObject *ex, PyObject *pick, long long status, long long atte
         if ((part = PyObject_CallOneArg(o->part_of, ex)) == NULL)
             goto done;
     }
-    if (pick == Py_None) {
+    if (pick == Py_None)
         pick_part = Py_NewRef(o->no_pick);
-    }
     else if ((pick_part = get(&o->pick, pick, PK_LOG_PART)) == NULL)
         goto done;
-    if ((ustatus = get(&o->ex, ex, EX_UPSTREAM_STATUS)) == NULL || as_ll(ustatus, &ustatus_v) < 0)
+    if ((ustatus = get(&o->ex, ex, EX_UPSTREAM_STATUS)) == NULL ||
+        num_of(ustatus, 1, &ustatus_n) < 0)
         goto done;
-    if ((raw = get(&o->ex, ex, EX_RAW_HEAD)) == NULL)
+    if ((raw = get(&o->ex, ex, EX_RAW_HEAD)) == NULL || (body = get(&o->ex, ex, EX_BODY_IN)) == NULL)
         goto done;
-    if (PyBytes_Check(raw))
-        head = PyBytes_GET_SIZE(raw) + 2;
-    else {
-        PyObject *size = PyObject_CallOneArg(o->head_size, ex);
-        if (size == NULL)
+    if (PyBytes_CheckExact(raw) && PyLong_CheckExact(body)) { /* the usual case, no objects */
+        int overflow = 0;
+        long long b = PyLong_AsLongLongAndOverflow(body, &overflow);
+        if (b == -1 && PyErr_Occurred())
             goto done;
-        int bad = as_ll(size, &head);
-        Py_DECREF(size);
-        if (bad < 0)
-            goto done;
+        if (overflow || __builtin_add_overflow(b, (long long)PyBytes_GET_SIZE(raw) + 2, &in_n.v)) {
+            if (bytes_in(o, ex, raw, body, &in_n) < 0)
+                goto done;
+        }
     }
-    if ((body_in = get(&o->ex, ex, EX_BODY_IN)) == NULL || as_ll(body_in, &body_v) < 0)
+    else if (bytes_in(o, ex, raw, body, &in_n) < 0)
         goto done;
-    if ((bytes_out = get(&o->ex, ex, EX_BYTES_OUT)) == NULL || as_ll(bytes_out, &out_v) < 0)
+    if ((out = get(&o->ex, ex, EX_BYTES_OUT)) == NULL || num_of(out, 0, &out_n) < 0)
         goto done;
     if ((rid = get(&o->ex, ex, EX_REQUEST_ID)) == NULL)
         goto done;
@@ -496,15 +571,13 @@ line(Observer *o, PyObject *ex, PyObject *pick, long long status, long long atte
     PUT_LITERAL(o, ",\"server_group\":");
     if (put_bytes_like(o, pick_part) < 0)
         goto undo;
-    if (reserve(o, 512) < 0) /* 118 bytes of keys, 7 numbers of at most 20 characters */
+    if (reserve(o, 64) < 0)
         goto undo;
     PUT_LITERAL(o, ",\"status\":");
     put_ll(o, status);
     PUT_LITERAL(o, ",\"upstream_status\":");
-    if (ustatus_v)
-        put_ll(o, ustatus_v);
-    else
-        PUT_LITERAL(o, "null");
+    if (put_num(o, &ustatus_n) < 0 || reserve(o, 128) < 0)
+        goto undo;
     PUT_LITERAL(o, ",\"duration_us\":");
     put_ll(o, micros(duration));
     PUT_LITERAL(o, ",\"upstream_duration_us\":");
@@ -513,9 +586,11 @@ line(Observer *o, PyObject *ex, PyObject *pick, long long status, long long atte
     else
         PUT_LITERAL(o, "null");
     PUT_LITERAL(o, ",\"bytes_in\":");
-    put_ll(o, head + body_v);
+    if (put_num(o, &in_n) < 0 || reserve(o, 16) < 0)
+        goto undo;
     PUT_LITERAL(o, ",\"bytes_out\":");
-    put_ll(o, out_v);
+    if (put_num(o, &out_n) < 0 || reserve(o, 64) < 0)
+        goto undo;
     PUT_LITERAL(o, ",\"retries\":");
     put_ll(o, attempts > 1 ? attempts - 1 : 0);
     PUT_LITERAL(o, ",\"request_id\":");
@@ -534,9 +609,12 @@ done:
     Py_XDECREF(pick_part);
     Py_XDECREF(ustatus);
     Py_XDECREF(raw);
-    Py_XDECREF(body_in);
-    Py_XDECREF(bytes_out);
+    Py_XDECREF(body);
+    Py_XDECREF(out);
     Py_XDECREF(rid);
+    Py_XDECREF(ustatus_n.text);
+    Py_XDECREF(in_n.text);
+    Py_XDECREF(out_n.text);
     return rc;
 }
 
@@ -550,9 +628,21 @@ monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static int
+ready(Observer *o)
+{
+    if (o->rule_name == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the Observer is not initialised");
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *
 Observer_done(Observer *o, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (!ready(o))
+        return NULL;
     if (nargs != 2 && nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "done(ex, pick[, now])");
         return NULL;
@@ -607,8 +697,18 @@ Observer_done(Observer *o, PyObject *const *args, Py_ssize_t nargs)
         count(o, ex, pick, rule, skey, status_obj, status, attempts, duration, upstream) < 0)
         goto done;
     if (o->log) {
-        if (line(o, ex, pick, status, attempts, duration, upstream, now) < 0)
-            goto done;
+        if (line(o, ex, pick, status, attempts, duration, upstream, now) < 0) {
+            /* a value of an odd type: the line is Python's to make (as it would be without C) */
+            if (!PyErr_ExceptionMatches(PyExc_TypeError) &&
+                !PyErr_ExceptionMatches(PyExc_ValueError))
+                goto done;
+            PyErr_Clear();
+            PyObject *r = PyObject_CallFunction(o->record, "OOOddd", ex, pick, status_obj,
+                                                duration, upstream, now);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
         if (o->lines >= o->flush_lines) {
             PyObject *r = PyObject_CallNoArgs(o->flush);
             if (r == NULL)
@@ -681,6 +781,8 @@ give_id(Observer *o, PyObject *ex)
 static PyObject *
 Observer_new_id(Observer *o, PyObject *ex)
 {
+    if (!ready(o))
+        return NULL;
     return give_id(o, ex);
 }
 
@@ -691,22 +793,37 @@ Observer_forward_head(Observer *o, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "forward_head(ex, head: bytes)");
         return NULL;
     }
-    PyObject *ex = args[0], *head = args[1];
-    PyObject *rid = get(&o->ex, ex, EX_REQUEST_ID);
-    if (rid == NULL)
+    if (!ready(o))
         return NULL;
-    int given = PyUnicode_Check(rid) && PyUnicode_GET_LENGTH(rid) > 0;
-    Py_DECREF(rid);
-    if (given)
-        return Py_NewRef(head);
+    PyObject *ex = args[0], *head = args[1];
     Py_ssize_t hn = PyBytes_GET_SIZE(head);
     const char *h = PyBytes_AS_STRING(head);
     if (hn < 4 || memcmp(h + hn - 4, "\r\n\r\n", 4) != 0) {
         PyErr_SetString(PyExc_ValueError, "a whole request head expected");
         return NULL;
     }
-    PyObject *line = give_id(o, ex);
-    if (line == NULL)
+    PyObject *rid = get(&o->ex, ex, EX_REQUEST_ID);
+    if (rid == NULL)
+        return NULL;
+    int given = PyUnicode_Check(rid) && PyUnicode_GET_LENGTH(rid) > 0;
+    int unknown = rid == Py_None; /* not looked for in the head yet */
+    Py_DECREF(rid);
+    if (given)
+        return Py_NewRef(head);
+    PyObject *line;
+    if (unknown) { /* Python looks for the client's id, else makes one (then rid_line is set) */
+        PyObject *r = PyObject_CallOneArg(o->id_of, ex);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        if ((line = get(&o->ex, ex, EX_RID_LINE)) == NULL)
+            return NULL;
+        if (!PyBytes_Check(line) || PyBytes_GET_SIZE(line) == 0) {
+            Py_DECREF(line);
+            return Py_NewRef(head);
+        }
+    }
+    else if ((line = give_id(o, ex)) == NULL)
         return NULL;
     Py_ssize_t ln = PyBytes_GET_SIZE(line);
     PyObject *out = PyBytes_FromStringAndSize(NULL, hn + ln);
@@ -723,6 +840,8 @@ Observer_forward_head(Observer *o, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Observer_take(Observer *o, PyObject *Py_UNUSED(ignored))
 {
+    if (!ready(o))
+        return NULL;
     PyObject *data = PyBytes_FromStringAndSize(o->buf, o->len);
     if (data == NULL)
         return NULL;
@@ -744,17 +863,21 @@ Observer_init(Observer *o, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"exchange_type", "pick_type", "buckets", "series", "rare", "log",
                              "part_of", "id_of", "head_size", "encode", "flush", "no_pick",
-                             "flush_lines", "prefix", NULL};
+                             "flush_lines", "prefix", "record", NULL};
     PyObject *ex_type, *pick_type, *buckets, *series, *rare, *part_of, *id_of, *head_size,
-        *encode, *flush, *no_pick;
+        *encode, *flush, *no_pick, *record;
+    if (o->rule_name != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "an Observer is initialised once");
+        return -1;
+    }
     int log;
     Py_ssize_t flush_lines;
     const char *prefix = "";
     Py_ssize_t prefix_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OOOOOpOOOOOOns#", kwlist, &ex_type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OOOOOpOOOOOOns#O", kwlist, &ex_type,
                                      &pick_type, &buckets, &series, &rare, &log, &part_of, &id_of,
                                      &head_size, &encode, &flush, &no_pick, &flush_lines, &prefix,
-                                     &prefix_len))
+                                     &prefix_len, &record))
         return -1;
     if (prefix_len > 40) {
         PyErr_SetString(PyExc_ValueError, "prefix: at most 40 characters");
@@ -769,10 +892,6 @@ Observer_init(Observer *o, PyObject *args, PyObject *kwds)
     }
     memcpy(o->prefix, prefix, prefix_len);
     o->prefix_len = prefix_len;
-    if (o->rule_name != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "an Observer is initialised once");
-        return -1;
-    }
     PyObject *seq = PySequence_Fast(buckets, "buckets: a sequence of floats");
     if (seq == NULL)
         return -1;
@@ -804,6 +923,7 @@ Observer_init(Observer *o, PyObject *args, PyObject *kwds)
     o->rare = Py_NewRef(rare);
     o->log = log;
     o->part_of = Py_NewRef(part_of);
+    o->record = Py_NewRef(record);
     o->id_of = Py_NewRef(id_of);
     o->head_size = Py_NewRef(head_size);
     o->encode = Py_NewRef(encode);
@@ -821,6 +941,7 @@ Observer_traverse(Observer *o, visitproc visit, void *arg)
     Py_VISIT(o->series);
     Py_VISIT(o->rare);
     Py_VISIT(o->part_of);
+    Py_VISIT(o->record);
     Py_VISIT(o->id_of);
     Py_VISIT(o->head_size);
     Py_VISIT(o->encode);
@@ -837,6 +958,7 @@ Observer_clear(Observer *o)
     Py_CLEAR(o->series);
     Py_CLEAR(o->rare);
     Py_CLEAR(o->part_of);
+    Py_CLEAR(o->record);
     Py_CLEAR(o->id_of);
     Py_CLEAR(o->head_size);
     Py_CLEAR(o->encode);
@@ -1167,6 +1289,10 @@ Writer_close(Writer *w, PyObject *const *args, Py_ssize_t nargs)
         if (timeout == -1.0 && PyErr_Occurred())
             return NULL;
     }
+    if (!(timeout > 0.0)) /* negative or NaN: do not wait */
+        timeout = 0.0;
+    if (timeout > 1e6)
+        timeout = 1e6;
     WriterState *st = w->st;
     if (st == NULL)
         Py_RETURN_TRUE;
@@ -1185,8 +1311,8 @@ Writer_close(Writer *w, PyObject *const *args, Py_ssize_t nargs)
     st->stopping = 1;
     pthread_cond_signal(&st->wake);
     while (!st->finished) {
-        if (pthread_cond_timedwait(&st->changed, &st->mu, &deadline) == ETIMEDOUT)
-            break;
+        if (pthread_cond_timedwait(&st->changed, &st->mu, &deadline) != 0)
+            break; /* timed out (or the deadline was refused) */
     }
     finished = st->finished;
     pthread_mutex_unlock(&st->mu);

@@ -293,7 +293,9 @@ class AccessLog:
 
     def id_of(self, ex: Exchange) -> str:
         """The id of a request that was not forwarded (answered by the proxy itself)."""
-        self.request_id(ex)  # its header line goes nowhere
+        # its header line goes nowhere, but marks the id as made here: a fast-lane memo made
+        # of this request must not take it for the client's (request._client_id)
+        ex.rid_line = self.request_id(ex)
         return ex.request_id or ""
 
     # ----------------------------------------------------------------- batches

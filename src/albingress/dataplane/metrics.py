@@ -206,6 +206,7 @@ def _native_observer(metrics: WorkerMetrics) -> Any:
         no_pick=accesslog.NO_PICK,
         flush_lines=accesslog.FLUSH_LINES,
         prefix=log.prefix if log is not None else "",
+        record=log.record if log is not None else _nothing,
     )
     if log is not None:
         log.attach(observer)
