@@ -154,9 +154,14 @@ async def test_response_timeout_gives_504_and_idle_clients_are_closed():
 async def test_a_half_sent_request_head_times_out_with_408():
     h = Harness(make_ir(SERVERS[:1]), ProxySettings(idle_timeout=10))
     client, ct = h.client()
+    from albingress.dataplane.metrics import WorkerMetrics
+
+    h.ctx.metrics = WorkerMetrics(clock=h.clock)
     feed(client, b"GET / HTTP/1.1\r\nHo")
     h.ctx.sweep(h.clock.now + 11)
     assert ct.take().startswith(b"HTTP/1.1 408 ") and ct.closing
+    (series,) = h.ctx.metrics.snapshot()["series"]  # counted, as any request
+    assert series[3] == 408 and sum(series[4][:15]) == 1
 
 
 @aio

@@ -80,6 +80,34 @@ async def test_rejected_requests_are_answered_and_never_forwarded(
     assert h.connects == []  # nothing reached a server
 
 
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "byte-by-byte"])
+@pytest.mark.parametrize(("data", "code"), SMUGGLING.values(), ids=SMUGGLING.keys())
+@aio
+async def test_rejected_requests_are_counted_and_logged_once(
+    data: bytes, code: int, bytewise: bool, tmp_path
+):
+    import json
+
+    from albingress.dataplane.accesslog import AccessLog
+    from albingress.dataplane.metrics import WorkerMetrics
+
+    h = Harness(make_ir(SERVERS))
+    log = AccessLog(path=str(tmp_path / "a.log"), prefix="r")
+    h.ctx.access_log = log
+    h.ctx.metrics = WorkerMetrics(access_log=log)
+    client, ct = h.client()
+    feed(client, data, bytewise=bytewise)
+    await h.settle()
+    assert ct.take().startswith(b"HTTP/1.1 %d " % code)
+    counted = {status: sum(v[:15]) for _, _, _, status, v in h.ctx.metrics.snapshot()["series"]}
+    assert counted == {code: 1}
+    log.close()
+    (line,) = [json.loads(x) for x in (tmp_path / "a.log").read_text().splitlines()]
+    assert line["status"] == code and line["upstream_status"] is None and line["server"] == ""
+    assert 0 < line["bytes_in"] <= len(data) and line["bytes_out"] > 0
+    assert line["request_id"] == "r1"
+
+
 @aio
 async def test_invalid_chunk_size_after_the_head_aborts_the_upstream_request():
     """RFC 9112 7.1: a bad chunk size; the part already sent is cut off, the client gets 400."""
