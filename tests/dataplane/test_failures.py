@@ -119,6 +119,27 @@ async def test_a_server_that_restarted_costs_no_request_however_many_connections
 
 
 @aio
+async def test_a_chunked_request_whose_last_chunk_was_sent_is_not_retried():
+    # a retry would send the head again but not the body's end: the server would wait for it
+    h = Harness(make_ir(SERVERS[:1]), ProxySettings(max_retries=0))
+    client, ct = h.client()
+    feed(client, GET)
+    await h.settle()
+    up, ut = h.upstream()
+    feed(up, response(b"one"))
+    ct.take()
+    ut.take()
+    feed(client, b"DELETE /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await h.settle()
+    feed(client, b"0\r\n\r\n")
+    assert ut.take().endswith(b"\r\n\r\n0\r\n\r\n")  # on the pooled connection
+    up.connection_lost(None)  # which the server had closed
+    await h.settle(10)
+    assert len(h.upstreams) == 1  # not tried again
+    assert ct.take().startswith(b"HTTP/1.1 502 ")
+
+
+@aio
 async def test_a_post_whose_body_was_sent_is_not_retried():
     h = Harness(make_ir(SERVERS[:1]))
     client, ct = h.client()

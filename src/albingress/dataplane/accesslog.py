@@ -547,7 +547,10 @@ def _write_pieces(fd: int, data: bytes) -> None:
 
 
 def head_size(ex: Exchange) -> int:
-    """The size of ``ex``'s head when it was not kept as received (the full parser's)."""
+    """The size of ``ex``'s head when it was not kept as received (the full parser's); 0 for a
+    request refused before its request line was read (no method: nothing to count)."""
+    if not ex.method:
+        return 0
     size = len(ex.method) + len(ex.target) + 12
     for name, value in ex.raw_headers:
         size += len(name) + len(value) + 4

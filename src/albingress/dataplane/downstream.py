@@ -150,15 +150,15 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, RequestRejected):
-                self._reject(cause.code, cause.reason, len(data))
+                self._reject(cause.code, cause.reason)
             else:
                 log.exception("request handling failed", exc_info=cause)
-                self._reject(500, "internal error", len(data))
+                self._reject(500, "internal error")
         except httptools.HttpParserError as exc:
-            self._reject(400, f"malformed request: {exc}", len(data))
+            self._reject(400, f"malformed request: {exc}")
         else:
             if self.in_head and self.head_fed > self.ctx.settings.max_header_bytes:
-                self._reject(431, "request header fields too large", len(data))
+                self._reject(431, "request header fields too large")
         if self.current is None or self.queue or self.error or self.stopped:
             self._pump()
 
@@ -357,8 +357,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = ex
         self.flow.resume(0xFF)
 
-    def _reject(self, code: int, reason: str, received: int = 0) -> None:
-        """Refuse the request being read (``received``: bytes of it in the last read)."""
+    def _reject(self, code: int, reason: str) -> None:
         self.stopped = True
         self.in_head = False
         ex = self.parsing
@@ -370,20 +369,19 @@ class ClientConnection(asyncio.Protocol):
             if ex in self.queue:
                 self.queue.remove(ex)
         self.error = error_response(code, reason, close=True)
-        self._count_refused(code, reason, self.head_fed + received, len(self.error))
+        self._count_refused(code, reason, len(self.error))
 
-    def _count_refused(self, code: int, reason: str, received: int, sent: int) -> None:
+    def _count_refused(self, code: int, reason: str, sent: int) -> None:
         """A request refused before it became an exchange (a malformed or too large head, one
         too slow to arrive) is counted and logged like any other, with what is known of it: no
-        method, path or rule; about the bytes received of it, and the answer's size."""
+        method, path or rule, and the answer's size; its bytes_in is 0 (llhttp does not say
+        where in a read a refused head began, so its size is not known)."""
         metrics = self.ctx.metrics
         if metrics is None:
             return
         ex = Exchange(self, "", b"", "", "", [], [])
         ex.status = code
         ex.reason = reason
-        ex.raw_head = b""  # bytes_in is len(raw_head) + 2 + body_in: ``received``
-        ex.body_in = received - 2
         ex.bytes_out = sent
         ex.finished = True
         metrics.done(ex, None)
@@ -430,7 +428,7 @@ class ClientConnection(asyncio.Protocol):
             if self.in_head:
                 answer = error_response(408, "request not received in time", close=True)
                 self.write(answer)
-                self._count_refused(408, "request not received in time", self.head_fed, len(answer))
+                self._count_refused(408, "request not received in time", len(answer))
             self.close()
 
     def drain(self) -> None:

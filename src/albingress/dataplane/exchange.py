@@ -247,6 +247,7 @@ class Exchange:
         if self.chunked and not self.resp_done:
             if self.upstream is not None:
                 self.upstream.write(LAST_CHUNK)
+                self.body_sent = True  # a retry would send the head without it: none
             else:
                 self.body_buf = [*(self.body_buf or ()), LAST_CHUNK]
         self.maybe_done()

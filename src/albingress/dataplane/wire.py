@@ -147,8 +147,6 @@ def request_head(ex: Exchange, server: Server | None) -> list[bytes]:
         parts += (b"X-Forwarded-For: ", ex.xff, b", ", client.ip_bytes, CRLF)
     else:
         parts.append(client.xff_line)
-    if ex.rid_line:
-        parts.append(ex.rid_line)
     if ex.host:
         parts += (b"X-Forwarded-Host: ", ex.host, CRLF)
     elif server is not None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
@@ -159,9 +157,9 @@ def request_head(ex: Exchange, server: Server | None) -> list[bytes]:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if ex.upgrade:
             parts += (b"Connection: upgrade\r\nUpgrade: ", ex.upgrade, CRLF)
-        parts.append(CRLF)
+        parts += (ex.rid_line, CRLF)  # X-Request-Id last, on every path
     else:
-        parts.append(client.forwarded_end)
+        parts += (client.forwarded_const, ex.rid_line, CRLF)
     return parts
 
 
