@@ -68,15 +68,22 @@ async def test_a_client_leaving_during_a_retry_cancels_the_retrys_connect():
         assert h.ctx.balancer.active(key) == 0
 
 
-@aio
-async def test_a_pooled_connection_closed_by_the_server_is_retried_transparently():
-    h = Harness(make_ir(SERVERS[:1]))
+async def _one_pooled(h: Harness):
+    """A client whose first request was answered: its server connection is in the pool."""
     client, ct = h.client()
     feed(client, GET)
     await h.settle()
     up, ut = h.upstream()
     feed(up, response(b"one"))
     ct.take()
+    ut.take()
+    return client, ct, up, ut
+
+
+@aio
+async def test_a_pooled_connection_closed_by_the_server_is_retried_transparently():
+    h = Harness(make_ir(SERVERS[:1]))
+    client, ct, up, ut = await _one_pooled(h)
     feed(client, GET)  # goes to the pooled connection...
     await h.settle()
     assert ut.take().startswith(b"GET /x")
@@ -122,13 +129,7 @@ async def test_a_server_that_restarted_costs_no_request_however_many_connections
 async def test_a_chunked_request_whose_last_chunk_was_sent_is_not_retried():
     # a retry would send the head again but not the body's end: the server would wait for it
     h = Harness(make_ir(SERVERS[:1]), ProxySettings(max_retries=0))
-    client, ct = h.client()
-    feed(client, GET)
-    await h.settle()
-    up, ut = h.upstream()
-    feed(up, response(b"one"))
-    ct.take()
-    ut.take()
+    client, ct, up, ut = await _one_pooled(h)
     feed(client, b"DELETE /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
     await h.settle()
     feed(client, b"0\r\n\r\n")
