@@ -201,14 +201,6 @@ class Exchange:
             if conn.transport is not None:
                 conn.transport.write(wire)
             return
-        raw = self.raw_head
-        if raw is not None:  # the fast lane: as received, plus what the proxy adds
-            if conn.transport is not None:
-                conn.transport.write(
-                    b"%sX-Forwarded-Host: %s\r\n%s%s%s\r\n"  # X-Request-Id last, as forward_head
-                    % (raw, self.host, client.xff_line, client.forwarded_const, self.rid_line)
-                )
-            return
         parts = self.head_parts(self.pick.server if self.pick is not None else None)
         if self.body_buf:
             parts += self.body_buf

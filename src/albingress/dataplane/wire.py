@@ -137,7 +137,7 @@ def request_head(ex: Exchange, server: Server | None) -> list[bytes]:
             CRLF,
             client.xff_line,
             client.forwarded_const,
-            ex.rid_line,  # last, as AccessLog.forward_head puts it
+            ex.rid_line,  # last, as AccessLog.forward_head puts it (attach sends this too)
             CRLF,
         ]
     parts = [ex.method.encode(), b" ", ex.target, b" HTTP/1.1\r\n"]
@@ -151,15 +151,12 @@ def request_head(ex: Exchange, server: Server | None) -> list[bytes]:
         parts += (b"X-Forwarded-Host: ", ex.host, CRLF)
     elif server is not None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
         parts += (b"Host: ", f"{server.address}:{server.port}".encode(), CRLF)
-    if ex.chunked or ex.upgrade:
-        parts.append(client.forwarded_const)
-        if ex.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if ex.upgrade:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", ex.upgrade, CRLF)
-        parts += (ex.rid_line, CRLF)  # X-Request-Id last, on every path
-    else:
-        parts += (client.forwarded_const, ex.rid_line, CRLF)
+    parts.append(client.forwarded_const)
+    if ex.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if ex.upgrade:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", ex.upgrade, CRLF)
+    parts += (ex.rid_line, CRLF)  # X-Request-Id last, on every path
     return parts
 
 
