@@ -115,7 +115,7 @@ class _RequestPart(msgspec.Struct, gc=False):
     ingress: str
 
 
-_ENCODE = encode_json = msgspec.json.encode
+encode_json = msgspec.json.encode
 _FIRST_KEY = len(b'{"client":')
 
 
@@ -124,13 +124,13 @@ def request_part(
     ingress: str,
 ) -> msgspec.Raw:  # fmt: skip
     """The ``client`` .. ``ingress`` part of a line: the JSON after ``"client":``."""
-    encoded = _ENCODE(_RequestPart(client, listener, method, host, path, query, rule, ingress))
+    encoded = encode_json(_RequestPart(client, listener, method, host, path, query, rule, ingress))
     return msgspec.Raw(encoded[_FIRST_KEY:-1])
 
 
 def pick_part(group_label: str, address: str) -> msgspec.Raw:
     """The ``server_group`` and ``server`` part of a line: the JSON after ``"server_group":``."""
-    return msgspec.Raw(_ENCODE(group_label) + b',"server":' + _ENCODE(address))
+    return msgspec.Raw(encode_json(group_label) + b',"server":' + encode_json(address))
 
 
 NO_PICK = pick_part("", "")  # no server was picked: the proxy answered itself
@@ -379,21 +379,19 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         self.flush()
-        writer = self._writer
-        if writer is not None:
-            finished = writer.close(timeout)
+        finished = True
+        if self._writer is not None:
+            finished = self._writer.close(timeout)
             self._check_writer()
-            if not finished:  # stuck writing: its descriptor stays open until exit
-                self.sink.closed = True
-                return
         thread = self._thread
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout)
             self._thread = None
-            if thread.is_alive():  # stuck writing: its descriptor stays open until exit
-                self.sink.closed = True
-                return
+            finished = not thread.is_alive()
+        if not finished:  # stuck writing: its descriptor stays open until exit
+            self.sink.closed = True
+            return
         self.sink.close()
 
     @property
@@ -408,8 +406,7 @@ class AccessLog:
         sink = self.sink
         lines, dropped, failures = sink.lines, self.dropped + sink.dropped, self.failures
         if self._writer is not None:
-            self._check_writer()
-            written, lost, failed, _, _ = self._writer.stats()
+            written, lost, failed = self._check_writer()
             lines, dropped, failures = lines + written, dropped + lost, failures + failed
         return {
             "lines": lines,
@@ -418,11 +415,12 @@ class AccessLog:
             "error": self.stuck or sink.error,
         }
 
-    def _check_writer(self) -> None:
-        """Report the C writer's failures as the Python one does: once, until it writes again."""
+    def _check_writer(self) -> tuple[int, int, int]:
+        """Report the C writer's failures as the Python one does: once, until it writes again.
+        Its lines written, lines dropped and failed writes so far."""
         if self._writer is None:
-            return
-        _, dropped, failures, error, _ = self._writer.stats()
+            return 0, 0, 0
+        written, dropped, failures, error, _ = self._writer.stats()
         sink = self.sink
         if failures > self._writer_failures:
             self._writer_failures = failures
@@ -433,6 +431,7 @@ class AccessLog:
         elif sink.error and not error:
             log.warning("access log: writing again (%d lines dropped so far)", dropped)
             sink.error = ""
+        return written, dropped, failures
 
     def _run(self) -> None:
         while True:
