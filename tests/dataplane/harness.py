@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from albingress.dataplane.accesslog import AccessLog
 from albingress.dataplane.context import WorkerContext
 from albingress.dataplane.downstream import ClientConnection
+from albingress.dataplane.metrics import WorkerMetrics
 from albingress.dataplane.settings import ProxySettings
 from albingress.dataplane.upstream import UpstreamConnection
 from albingress.ir import (
@@ -172,6 +174,14 @@ class Harness:
         t.protocol = conn
         conn.connection_made(t)  # type: ignore[arg-type]
         return conn, t
+
+    def log_to(self, path: str, prefix: str) -> AccessLog:
+        """Count requests and write their access log lines to ``path`` (written at each flush:
+        not started), request ids made with ``prefix``."""
+        log = AccessLog(path=path, prefix=prefix)
+        self.ctx.access_log = log
+        self.ctx.metrics = WorkerMetrics(access_log=log)
+        return log
 
     @staticmethod
     async def settle(rounds: int = 5) -> None:

@@ -395,15 +395,19 @@ def _mirror_ir():
     )
 
 
+def _mirror_ends(h: Harness):
+    """The connections (protocol, transport) to the main server and to the mirror's."""
+    by_key = {key: (up, t) for key, up, t in h.upstreams}
+    return by_key["sgp-main|127.0.1.1:8000"], by_key["sgp-shadow|127.0.1.9:8000"]
+
+
 @aio
 async def test_traffic_mirror_sends_a_copy_and_discards_its_answer():
     h = Harness(_mirror_ir())
     client, ct = h.client()
     feed(client, b"POST /m HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody")
     await h.settle()
-    by_key = {key: (up, t) for key, up, t in h.upstreams}
-    main_up, main_t = by_key["sgp-main|127.0.1.1:8000"]
-    shadow_up, shadow_t = by_key["sgp-shadow|127.0.1.9:8000"]
+    (main_up, main_t), (shadow_up, shadow_t) = _mirror_ends(h)
     copy = shadow_t.take()
     assert copy.startswith(b"POST /m HTTP/1.1\r\n") and copy.endswith(b"\r\n\r\nbody")
     assert main_t.take() == copy  # the same request
@@ -442,19 +446,12 @@ async def test_a_failing_mirror_changes_nothing_for_the_client():
 async def test_a_mirror_copy_carries_the_request_id_the_server_and_the_log_get(tmp_path):
     import json
 
-    from albingress.dataplane.accesslog import AccessLog
-    from albingress.dataplane.metrics import WorkerMetrics
-
     h = Harness(_mirror_ir())
-    log = AccessLog(path=str(tmp_path / "a.log"), prefix="m" * 16)
-    h.ctx.access_log = log
-    h.ctx.metrics = WorkerMetrics(metrics=True, access_log=log)
+    log = h.log_to(str(tmp_path / "a.log"), "m" * 16)
     client, ct = h.client()
     feed(client, b"GET /m HTTP/1.1\r\nHost: a\r\n\r\n")
     await h.settle()
-    by_key = {key: (up, t) for key, up, t in h.upstreams}
-    main_up, main_t = by_key["sgp-main|127.0.1.1:8000"]
-    _, shadow_t = by_key["sgp-shadow|127.0.1.9:8000"]
+    (main_up, main_t), (_, shadow_t) = _mirror_ends(h)
     rid = b"X-Request-Id: " + b"m" * 16 + b"1\r\n"
     assert main_t.take().count(rid) == 1 and shadow_t.take().count(rid) == 1
     feed(main_up, response(b"main answer"))

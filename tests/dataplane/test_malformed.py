@@ -88,13 +88,8 @@ async def test_rejected_requests_are_counted_and_logged_once(
 ):
     import json
 
-    from albingress.dataplane.accesslog import AccessLog
-    from albingress.dataplane.metrics import WorkerMetrics
-
     h = Harness(make_ir(SERVERS))
-    log = AccessLog(path=str(tmp_path / "a.log"), prefix="r")
-    h.ctx.access_log = log
-    h.ctx.metrics = WorkerMetrics(access_log=log)
+    log = h.log_to(str(tmp_path / "a.log"), "r")
     client, ct = h.client()
     feed(client, data, bytewise=bytewise)
     await h.settle()

@@ -203,13 +203,8 @@ async def test_a_repeated_request_while_draining_closes_after_its_answer():
 
 @aio
 async def test_a_repeated_request_carries_a_new_request_id_when_logging(tmp_path):
-    from albingress.dataplane.accesslog import AccessLog
-    from albingress.dataplane.metrics import WorkerMetrics
-
     h = Harness(make_ir(SERVERS[:1]))
-    log = AccessLog(path=str(tmp_path / "a.log"), prefix="p" * 16)  # not started
-    h.ctx.access_log = log
-    h.ctx.metrics = WorkerMetrics(metrics=True, access_log=log)
+    log = h.log_to(str(tmp_path / "a.log"), "p" * 16)
     client, ct = h.client()
     for n in (1, 2, 3):
         sent, got = await _round(h, client, ct, GET, response(b"r%d" % n))
@@ -285,13 +280,8 @@ async def test_a_long_response_head_is_relayed_but_not_remembered():
 
 @aio
 async def test_an_empty_client_request_id_is_replaced_not_doubled(tmp_path):
-    from albingress.dataplane.accesslog import AccessLog
-    from albingress.dataplane.metrics import WorkerMetrics
-
     h = Harness(make_ir(SERVERS[:1]))
-    log = AccessLog(path=str(tmp_path / "a.log"), prefix="e" * 16)
-    h.ctx.access_log = log
-    h.ctx.metrics = WorkerMetrics(metrics=True, access_log=log)
+    log = h.log_to(str(tmp_path / "a.log"), "e" * 16)
     client, ct = h.client()
     for n, empty in enumerate((b"X-Request-Id:\r\n", b"x-request-id:  \t\r\n"), 1):
         request = GET[:-2] + empty + b"\r\n"
